@@ -1,0 +1,74 @@
+//! The lexicon `cid-link` type: a content hash link, JSON `{"$link": "<cid>"}`.
+
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::runtime::Cid;
+use crate::runtime::single_key;
+
+/// The JSON key of the link wrapper object.
+const KEY: &str = "$link";
+
+/// A link to content by CID (lexicon `cid-link`). JSON form:
+/// `{"$link": "bafyrei..."}`; the CID string is validated on input.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidLink(pub Cid);
+
+impl From<Cid> for CidLink {
+    fn from(cid: Cid) -> Self {
+        Self(cid)
+    }
+}
+
+impl serde::Serialize for CidLink {
+    // Binary formats get the same map for now. DAG-CBOR encodes links as
+    // tag 42 over the binary CID; that arrives with event streams.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry(KEY, self.0.as_str())?;
+        map.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CidLink {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let cid = single_key::deserialize(deserializer, KEY)?;
+        Cid::new(cid).map(Self).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CID: &str = "bafyreidfayvfkicffzikfhbdrqvjobjzpmvcfc7kzbih2noclhf3vqywue";
+
+    #[test]
+    fn round_trips_as_a_link_object() {
+        let json = format!(r#"{{"$link":"{CID}"}}"#);
+        let link: CidLink = serde_json::from_str(&json).unwrap();
+        assert_eq!(link.0, CID);
+        assert_eq!(serde_json::to_string(&link).unwrap(), json);
+    }
+
+    #[test]
+    fn rejects_invalid_cids_and_wrappers() {
+        let cases = [
+            (r#"{"$link":"short"}"#.to_owned(), "invalid cid \"short\""),
+            (
+                format!(r#"{{"$link":"{CID}","x":1}}"#),
+                "unexpected key \"x\"",
+            ),
+            (
+                r#"{"$link":1}"#.to_owned(),
+                "expected a string in \"$link\"",
+            ),
+            (format!(r#""{CID}""#), "expected an object"),
+        ];
+        for (json, expected) in cases {
+            let error = serde_json::from_str::<CidLink>(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{json}: {error}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The catbird-mls delivery service.
