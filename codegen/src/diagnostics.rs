@@ -13,7 +13,13 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}: {}", self.file.display(), self.pointer, self.message)
+        write!(
+            f,
+            "{}#{}: {}",
+            self.file.display(),
+            self.pointer,
+            self.message
+        )
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
@@ -29,38 +30,43 @@ pub fn emit(catalog: &Catalog, plan: &Plan, digest: &str) -> FileSet {
         tree.insert(path.to_vec(), Some(doc));
     }
     let nodes: Vec<(&Vec<String>, &Option<&Document>)> = tree.iter().collect();
-    // Modules are independent: split the work over the available cores.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let chunk = nodes.len().div_ceil(threads).max(1);
+    let render = |(path, doc): (&Vec<String>, &Option<&Document>)| {
+        let children: Vec<String> = tree
+            .range::<Vec<String>, _>(path.clone()..)
+            .skip(1)
+            .take_while(|(p, _)| p.starts_with(path))
+            .filter(|(p, _)| p.len() == path.len() + 1)
+            .map(|(p, _)| p[path.len()].clone())
+            .collect();
+        let body = render_module(catalog, plan, *doc, &children, path.is_empty());
+        let mut text = String::from(HEADER);
+        if path.is_empty() {
+            text.push_str(&format!("{DIGEST_MARKER}{digest}\n"));
+        }
+        text.push('\n');
+        text.push_str(&body);
+        (module_file(path), text)
+    };
+    // Modules are independent: every core takes the next one until none
+    // are left, which balances small and large documents.
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let rendered: Vec<(PathBuf, String)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = nodes
-            .chunks(chunk)
-            .map(|part| {
-                let tree = &tree;
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(path, doc)| {
-                            let children = tree
-                                .range::<Vec<String>, _>((*path).clone()..)
-                                .skip(1)
-                                .take_while(|(p, _)| p.starts_with(path))
-                                .filter(|(p, _)| p.len() == path.len() + 1)
-                                .map(|(p, _)| p[path.len()].clone())
-                                .collect::<Vec<_>>();
-                            let body = render_module(catalog, plan, **doc, &children, path.is_empty());
-                            let mut text = String::from(HEADER);
-                            if path.is_empty() {
-                                text.push_str(&format!("{DIGEST_MARKER}{digest}\n"));
-                            }
-                            text.push('\n');
-                            text.push_str(&body);
-                            (module_file(path), text)
-                        })
-                        .collect::<Vec<_>>()
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some(&node) = nodes.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        done.push(render(node));
+                    }
+                    done
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("emitter thread panicked")).collect()
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("emitter thread panicked"))
+            .collect()
     });
     rendered.into_iter().collect()
 }
@@ -82,7 +88,13 @@ fn module_file(path: &[String]) -> PathBuf {
     file
 }
 
-fn render_module(catalog: &Catalog, plan: &Plan, doc: Option<&Document>, children: &[String], root: bool) -> String {
+fn render_module(
+    catalog: &Catalog,
+    plan: &Plan,
+    doc: Option<&Document>,
+    children: &[String],
+    root: bool,
+) -> String {
     let mut tokens = TokenStream::new();
     if root {
         tokens.extend(quote! {
@@ -90,7 +102,13 @@ fn render_module(catalog: &Catalog, plan: &Plan, doc: Option<&Document>, childre
         });
     }
     if let Some(doc) = doc {
-        let mut emitter = ModuleEmitter { catalog, plan, doc, owner: String::new(), items: Vec::new() };
+        let mut emitter = ModuleEmitter {
+            catalog,
+            plan,
+            doc,
+            owner: String::new(),
+            items: Vec::new(),
+        };
         let module_doc = emitter.module_doc();
         tokens.extend(module_doc);
         tokens.extend(children.iter().map(|c| {
@@ -140,11 +158,17 @@ fn ident(name: &str) -> Ident {
 }
 
 fn doc_attrs(text: Option<&str>) -> TokenStream {
-    let Some(text) = text else { return TokenStream::new() };
+    let Some(text) = text else {
+        return TokenStream::new();
+    };
     text.trim()
         .lines()
         .map(|line| {
-            let line = if line.trim().is_empty() { String::new() } else { format!(" {}", line.trim_end()) };
+            let line = if line.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" {}", line.trim_end())
+            };
             quote!(#[doc = #line])
         })
         .collect()
@@ -154,7 +178,11 @@ fn inner_doc_attrs(text: &str) -> TokenStream {
     text.trim()
         .lines()
         .map(|line| {
-            let line = if line.trim().is_empty() { String::new() } else { format!(" {}", line.trim_end()) };
+            let line = if line.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" {}", line.trim_end())
+            };
             quote!(#![doc = #line])
         })
         .collect()
@@ -162,7 +190,10 @@ fn inner_doc_attrs(text: &str) -> TokenStream {
 
 /// The `$type` of a union member: main defs are named by their NSID alone.
 fn type_tag(full_ref: &str) -> String {
-    full_ref.strip_suffix("#main").unwrap_or(full_ref).to_owned()
+    full_ref
+        .strip_suffix("#main")
+        .unwrap_or(full_ref)
+        .to_owned()
 }
 
 struct ModuleEmitter<'a> {
@@ -194,7 +225,10 @@ impl ModuleEmitter<'_> {
     fn module_doc(&self) -> TokenStream {
         let mut text = self.doc.description.clone().unwrap_or_default();
         if let Some(main) = self.doc.def("main")
-            && matches!(main.def, Def::Query(_) | Def::Procedure(_) | Def::Subscription(_) | Def::PermissionSet(_))
+            && matches!(
+                main.def,
+                Def::Query(_) | Def::Procedure(_) | Def::Subscription(_) | Def::PermissionSet(_)
+            )
         {
             let heading = format!("`{}` ({})", self.doc.id, main.def.kind());
             let description = main.def.description().unwrap_or_default();
@@ -274,7 +308,9 @@ impl ModuleEmitter<'_> {
                 });
                 self.params(s.parameters.as_ref());
                 match &s.message {
-                    Some(message) => self.named_field(message, Some("A message of this event stream.")),
+                    Some(message) => {
+                        self.named_field(message, Some("A message of this event stream."))
+                    }
                     None => self.items.push(quote! {
                         /// This stream declares no message types.
                         pub type Message = crate::runtime::Unknown;
@@ -308,7 +344,14 @@ impl ModuleEmitter<'_> {
     fn params(&mut self, params: Option<&Object>) {
         match params {
             Some(p) => {
-                self.object(p, Some(p.description.as_deref().unwrap_or("The method's query parameters.")));
+                self.object(
+                    p,
+                    Some(
+                        p.description
+                            .as_deref()
+                            .unwrap_or("The method's query parameters."),
+                    ),
+                );
             }
             None => self.items.push(quote! {
                 /// This method takes no parameters.
@@ -340,7 +383,12 @@ impl ModuleEmitter<'_> {
             pub const #encoding_const: Option<&str> = Some(#encoding);
         });
         match &body.schema {
-            Some(schema) => self.named_field(schema, body.description.as_deref().or(schema.description.as_deref())),
+            Some(schema) => self.named_field(
+                schema,
+                body.description
+                    .as_deref()
+                    .or(schema.description.as_deref()),
+            ),
             None => {
                 let docs = doc_attrs(body.description.as_deref());
                 let ty = if body.is_json() {
@@ -357,7 +405,10 @@ impl ModuleEmitter<'_> {
     }
 
     fn errors(&mut self, errors: &[ErrorDef]) {
-        let variants: Vec<Ident> = errors.iter().map(|e| format_ident!("{}", plan::camel(&e.name))).collect();
+        let variants: Vec<Ident> = errors
+            .iter()
+            .map(|e| format_ident!("{}", plan::camel(&e.name)))
+            .collect();
         let names: Vec<&str> = errors.iter().map(|e| e.name.as_str()).collect();
         let docs = errors.iter().map(|e| doc_attrs(e.description.as_deref()));
         let name_body = if errors.is_empty() {
@@ -400,7 +451,16 @@ impl ModuleEmitter<'_> {
                 pub const DETAIL: &str = #detail;));
         }
         let permissions = p.permissions.iter().map(|perm| {
-            let Permission { resource, action, collection, lxm, aud, inherit_aud, accept, attr } = perm;
+            let Permission {
+                resource,
+                action,
+                collection,
+                lxm,
+                aud,
+                inherit_aud,
+                accept,
+                attr,
+            } = perm;
             let aud = option_str(aud.as_deref());
             let attr = option_str(attr.as_deref());
             quote! {
@@ -485,7 +545,11 @@ impl ModuleEmitter<'_> {
             let modules = self.plan.module(&doc.id).iter().map(|m| ident(m));
             quote!(crate::lexicons #(::#modules)* :: #name)
         };
-        if self.catalog.needs_box(&self.owner, target) { quote!(Box<#path>) } else { path }
+        if self.catalog.needs_box(&self.owner, target) {
+            quote!(Box<#path>)
+        } else {
+            path
+        }
     }
 
     /// A struct for an object, its `Validate` impl and default values.
@@ -509,7 +573,9 @@ impl ModuleEmitter<'_> {
             let held = match &presence {
                 Presence::Required => ty.clone(),
                 Presence::RequiredNullable => {
-                    serde_attrs.push(quote!(deserialize_with = "crate::runtime::required_nullable"));
+                    serde_attrs.push(quote!(
+                        deserialize_with = "crate::runtime::required_nullable"
+                    ));
                     quote!(Option<#ty>)
                 }
                 Presence::Optional => {
@@ -517,11 +583,17 @@ impl ModuleEmitter<'_> {
                     quote!(Option<#ty>)
                 }
                 Presence::OptionalNullable => {
-                    serde_attrs.push(quote!(default, skip_serializing_if = "crate::runtime::TriState::is_absent"));
+                    serde_attrs.push(quote!(
+                        default,
+                        skip_serializing_if = "crate::runtime::TriState::is_absent"
+                    ));
                     quote!(crate::runtime::TriState<#ty>)
                 }
                 Presence::Defaulted(value) => {
-                    let function = format!("default_{}", field_ident.to_string().trim_start_matches("r#"));
+                    let function = format!(
+                        "default_{}",
+                        field_ident.to_string().trim_start_matches("r#")
+                    );
                     let function_ident = format_ident!("{function}");
                     let path = format!("{name}::{function}");
                     serde_attrs.push(quote!(default = #path));
@@ -540,7 +612,13 @@ impl ModuleEmitter<'_> {
                 pub #field_ident: #held,
             });
             let at = &p.name;
-            let statements = self.checks(&p.field, &quote!(#field_ident), &quote!(.at(#at)), 0, &mut uses);
+            let statements = self.checks(
+                &p.field,
+                &quote!(#field_ident),
+                &quote!(.at(#at)),
+                0,
+                &mut uses,
+            );
             if statements.is_empty() {
                 continue;
             }
@@ -603,11 +681,19 @@ impl ModuleEmitter<'_> {
 
     /// Validation statements for the value bound to `value` (a reference);
     /// each error gets `suffix` (`.at("field")`, `.at_index(i)`) appended.
-    fn checks(&self, field: &Field, value: &TokenStream, suffix: &TokenStream, depth: usize, uses: &mut Uses) -> Vec<TokenStream> {
+    fn checks(
+        &self,
+        field: &Field,
+        value: &TokenStream,
+        suffix: &TokenStream,
+        depth: usize,
+        uses: &mut Uses,
+    ) -> Vec<TokenStream> {
         let mut out = Vec::new();
         let u = |n: u64| proc_macro2::Literal::u64_unsuffixed(n);
         let i = |n: i64| proc_macro2::Literal::i64_unsuffixed(n);
         let mut check = |call: TokenStream| {
+            uses.check = true;
             out.push(quote!(check::#call #suffix?;));
         };
         match &field.ty {
@@ -670,9 +756,29 @@ impl ModuleEmitter<'_> {
                 if let Some(max) = a.max_length.map(u) {
                     check(quote!(max_items(#value.len(), #max)));
                 }
-                let index = format_ident!("i{}", if depth == 0 { String::new() } else { depth.to_string() });
-                let item = format_ident!("item{}", if depth == 0 { String::new() } else { depth.to_string() });
-                let inner = self.checks(&a.items, &quote!(#item), &quote!(.at_index(#index) #suffix), depth + 1, uses);
+                let index = format_ident!(
+                    "i{}",
+                    if depth == 0 {
+                        String::new()
+                    } else {
+                        depth.to_string()
+                    }
+                );
+                let item = format_ident!(
+                    "item{}",
+                    if depth == 0 {
+                        String::new()
+                    } else {
+                        depth.to_string()
+                    }
+                );
+                let inner = self.checks(
+                    &a.items,
+                    &quote!(#item),
+                    &quote!(.at_index(#index) #suffix),
+                    depth + 1,
+                    uses,
+                );
                 if !inner.is_empty() {
                     out.push(quote! {
                         for (#index, #item) in #value.iter().enumerate() {
@@ -696,20 +802,23 @@ impl ModuleEmitter<'_> {
                         };
                     }
                     _ => {
-                                out.push(quote!(#value.validate() #suffix?;));
+                        out.push(quote!(#value.validate() #suffix?;));
                     }
                 }
             }
             FieldType::Null | FieldType::CidLink | FieldType::Unknown => {}
         }
-        if out.iter().any(|s| s.to_string().contains("check ::")) {
-            uses.check = true;
-        }
         out
     }
 
     /// A closed (`enum`) or open (`knownValues`) string enum.
-    fn string_enum(&mut self, name: &Ident, values: &[String], closed: bool, description: Option<&str>) {
+    fn string_enum(
+        &mut self,
+        name: &Ident,
+        values: &[String],
+        closed: bool,
+        description: Option<&str>,
+    ) {
         let variants: Vec<Ident> = value_variants(values, !closed)
             .expect("the planner checked variant names")
             .iter()
@@ -788,7 +897,8 @@ impl ModuleEmitter<'_> {
     /// A union: an enum over its members, `$type`-tagged in JSON.
     fn union(&mut self, name: &Ident, union: &UnionType, description: Option<&str>) {
         let open = !union.closed;
-        let variant_names = union_variants(&union.refs, open).expect("the planner checked variant names");
+        let variant_names =
+            union_variants(&union.refs, open).expect("the planner checked variant names");
         let variants: Vec<Ident> = variant_names.iter().map(|v| format_ident!("{v}")).collect();
         let types: Vec<TokenStream> = union.refs.iter().map(|r| self.ref_type(r)).collect();
         let tags: Vec<String> = union.refs.iter().map(|r| type_tag(r)).collect();
@@ -811,7 +921,8 @@ impl ModuleEmitter<'_> {
                 Unknown(crate::runtime::Unknown),
             }
         });
-        let unknown_serialize = open.then(|| quote!(Self::Unknown(value) => value.serialize(serializer),));
+        let unknown_serialize =
+            open.then(|| quote!(Self::Unknown(value) => value.serialize(serializer),));
         let unknown_validate = open.then(|| quote!(Self::Unknown(_) => Ok(()),));
         let fallback = if open {
             quote!(_ => Ok(Self::Unknown(object.into_unknown())),)
@@ -860,8 +971,12 @@ impl Uses {
             return TokenStream::new();
         }
         match self.check {
-            true => quote!(use crate::runtime::{ResultExt as _, check};),
-            false => quote!(use crate::runtime::ResultExt as _;),
+            true => quote!(
+                use crate::runtime::{ResultExt as _, check};
+            ),
+            false => quote!(
+                use crate::runtime::ResultExt as _;
+            ),
         }
     }
 }

@@ -48,7 +48,11 @@ pub fn load_dir(dir: &Path) -> (Vec<Document>, Diagnostics) {
             diags.push(
                 &pair[1].file,
                 "/id",
-                format!("duplicate lexicon id {} (also in {})", pair[1].id, pair[0].file.display()),
+                format!(
+                    "duplicate lexicon id {} (also in {})",
+                    pair[1].id,
+                    pair[0].file.display()
+                ),
             );
         }
     }
@@ -85,7 +89,10 @@ impl Loader<'_> {
         let root = self.object(&root, "")?;
         match root.get("lexicon") {
             Some(Value::Number(n)) if n.as_u64() == Some(1) => {}
-            Some(other) => self.error("/lexicon", format!("unsupported lexicon version {other}, expected 1")),
+            Some(other) => self.error(
+                "/lexicon",
+                format!("unsupported lexicon version {other}, expected 1"),
+            ),
             None => self.error("", "missing \"lexicon\": 1"),
         }
         let id = match root.get("id").and_then(Value::as_str) {
@@ -114,28 +121,53 @@ impl Loader<'_> {
                 continue;
             }
             let def = self.def(name, value, &pointer).unwrap_or_else(|| {
-                Def::Type(Field { pointer: pointer.clone(), description: None, ty: FieldType::Unknown })
+                Def::Type(Field {
+                    pointer: pointer.clone(),
+                    description: None,
+                    ty: FieldType::Unknown,
+                })
             });
-            defs.push(NamedDef { name: name.clone(), pointer, def });
+            defs.push(NamedDef {
+                name: name.clone(),
+                pointer,
+                def,
+            });
         }
         defs.sort_by_key(|d| d.name != "main");
-        Some(Document { id, file: self.file.clone(), description, defs })
+        Some(Document {
+            id,
+            file: self.file.clone(),
+            description,
+            defs,
+        })
     }
 
     fn def(&mut self, name: &str, value: &Value, pointer: &str) -> Option<Def> {
         let map = self.object(value, pointer)?;
         let ty = self.type_name(map, pointer)?;
         let description = self.optional_string(map, pointer, "description");
-        let primary = matches!(ty, "record" | "query" | "procedure" | "subscription" | "permission-set");
+        let primary = matches!(
+            ty,
+            "record" | "query" | "procedure" | "subscription" | "permission-set"
+        );
         if primary && name != "main" {
-            self.error(&pointer_join(pointer, "type"), format!("a {ty} must be the main def"));
+            self.error(
+                &pointer_join(pointer, "type"),
+                format!("a {ty} must be the main def"),
+            );
             return None;
         }
         Some(match ty {
             "record" => {
-                let key = self.optional_string(map, pointer, "key").unwrap_or_else(|| "any".to_owned());
-                if !(matches!(key.as_str(), "tid" | "nsid" | "any") || key.starts_with("literal:")) {
-                    self.error(&pointer_join(pointer, "key"), format!("unknown record key type {key:?}"));
+                let key = self
+                    .optional_string(map, pointer, "key")
+                    .unwrap_or_else(|| "any".to_owned());
+                if !(matches!(key.as_str(), "tid" | "nsid" | "any") || key.starts_with("literal:"))
+                {
+                    self.error(
+                        &pointer_join(pointer, "key"),
+                        format!("unknown record key type {key:?}"),
+                    );
                 }
                 let record_ptr = pointer_join(pointer, "record");
                 let object = match map.get("record") {
@@ -145,7 +177,11 @@ impl Loader<'_> {
                         return None;
                     }
                 };
-                Def::Record(Record { description, key, object })
+                Def::Record(Record {
+                    description,
+                    key,
+                    object,
+                })
             }
             "query" | "procedure" => {
                 let method = Method {
@@ -163,7 +199,11 @@ impl Loader<'_> {
                     output: self.body(map, pointer, "output"),
                     errors: self.errors(map, pointer),
                 };
-                if ty == "query" { Def::Query(method) } else { Def::Procedure(method) }
+                if ty == "query" {
+                    Def::Query(method)
+                } else {
+                    Def::Procedure(method)
+                }
             }
             "subscription" => {
                 let message = match map.get("message") {
@@ -217,7 +257,13 @@ impl Loader<'_> {
             return None;
         }
         if !allowed.contains(&ty) {
-            self.error(&type_ptr, format!("type {ty:?} is not allowed here (allowed: {})", allowed.join(", ")));
+            self.error(
+                &type_ptr,
+                format!(
+                    "type {ty:?} is not allowed here (allowed: {})",
+                    allowed.join(", ")
+                ),
+            );
             return None;
         }
         let description = self.optional_string(map, pointer, "description");
@@ -228,7 +274,10 @@ impl Loader<'_> {
                 if let (Some(d), Some(c)) = (b.default, b.const_value)
                     && d != c
                 {
-                    self.error(&pointer_join(pointer, "default"), format!("default {d} differs from const {c}"));
+                    self.error(
+                        &pointer_join(pointer, "default"),
+                        format!("default {d} differs from const {c}"),
+                    );
                 }
                 FieldType::Boolean(b)
             }
@@ -244,7 +293,13 @@ impl Loader<'_> {
             }
             "bytes" => {
                 let b: BytesType = self.leaf(value, pointer)?;
-                self.check_bounds(b.min_length, b.max_length, pointer, "minLength", "maxLength");
+                self.check_bounds(
+                    b.min_length,
+                    b.max_length,
+                    pointer,
+                    "minLength",
+                    "maxLength",
+                );
                 FieldType::Bytes(b)
             }
             "cid-link" => FieldType::CidLink,
@@ -256,7 +311,11 @@ impl Loader<'_> {
                     self.error(pointer, "an array needs \"items\"");
                     return None;
                 };
-                let item_types: &[&str] = if allowed == PARAM_ARRAY { PARAM_TYPES } else { VALUE_TYPES };
+                let item_types: &[&str] = if allowed == PARAM_ARRAY {
+                    PARAM_TYPES
+                } else {
+                    VALUE_TYPES
+                };
                 let items = self.field(items, &items_ptr, item_types)?;
                 #[derive(serde::Deserialize)]
                 #[serde(rename_all = "camelCase")]
@@ -265,7 +324,13 @@ impl Loader<'_> {
                     max_length: Option<u64>,
                 }
                 let bounds: Bounds = self.leaf(value, pointer)?;
-                self.check_bounds(bounds.min_length, bounds.max_length, pointer, "minLength", "maxLength");
+                self.check_bounds(
+                    bounds.min_length,
+                    bounds.max_length,
+                    pointer,
+                    "minLength",
+                    "maxLength",
+                );
                 FieldType::Array(ArrayType {
                     items: Box::new(items),
                     min_length: bounds.min_length,
@@ -293,16 +358,25 @@ impl Loader<'_> {
                     .refs
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, r)| self.normalize_ref(r, &pointer_join(&refs_ptr, &i.to_string())))
+                    .filter_map(|(i, r)| {
+                        self.normalize_ref(r, &pointer_join(&refs_ptr, &i.to_string()))
+                    })
                     .collect();
                 if u.closed && u.refs.is_empty() {
                     self.error(&refs_ptr, "a closed union needs at least one ref");
                 }
-                FieldType::Union(UnionType { refs, closed: u.closed })
+                FieldType::Union(UnionType {
+                    refs,
+                    closed: u.closed,
+                })
             }
             _ => unreachable!("checked against the allowed types above"),
         };
-        Some(Field { pointer: pointer.to_owned(), description, ty })
+        Some(Field {
+            pointer: pointer.to_owned(),
+            description,
+            ty,
+        })
     }
 
     fn object_type(&mut self, value: &Value, pointer: &str, allowed: &[&str]) -> Option<Object> {
@@ -311,7 +385,10 @@ impl Loader<'_> {
             && ty != "object"
             && ty != "params"
         {
-            self.error(&pointer_join(pointer, "type"), format!("expected an object, found type {ty:?}"));
+            self.error(
+                &pointer_join(pointer, "type"),
+                format!("expected an object, found type {ty:?}"),
+            );
             return None;
         }
         let description = self.optional_string(map, pointer, "description");
@@ -335,13 +412,21 @@ impl Loader<'_> {
         }
         for (list, key) in [(&required, "required"), (&nullable, "nullable")] {
             for (i, name) in list.iter().enumerate() {
-                if !map.get("properties").and_then(Value::as_object).is_some_and(|p| p.contains_key(name)) {
+                if !map
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .is_some_and(|p| p.contains_key(name))
+                {
                     let ptr = pointer_join(&pointer_join(pointer, key), &i.to_string());
                     self.error(&ptr, format!("{name:?} is not a property of this object"));
                 }
             }
         }
-        Some(Object { pointer: pointer.to_owned(), description, properties })
+        Some(Object {
+            pointer: pointer.to_owned(),
+            description,
+            properties,
+        })
     }
 
     fn params(&mut self, map: &Map<String, Value>, pointer: &str) -> Option<Object> {
@@ -358,7 +443,11 @@ impl Loader<'_> {
             return None;
         };
         let schema = match body.get("schema") {
-            Some(s) => Some(self.field(s, &pointer_join(&ptr, "schema"), &["object", "ref", "union"])?),
+            Some(s) => Some(self.field(
+                s,
+                &pointer_join(&ptr, "schema"),
+                &["object", "ref", "union"],
+            )?),
             None => None,
         };
         Some(Body {
@@ -377,17 +466,30 @@ impl Loader<'_> {
         };
         for (i, e) in errors.iter().enumerate() {
             if e.name.is_empty() || !e.name.chars().all(|c| c.is_ascii_alphanumeric()) {
-                self.error(&pointer_join(&pointer_join(&ptr, &i.to_string()), "name"), format!("{:?} is not a valid error name", e.name));
+                self.error(
+                    &pointer_join(&pointer_join(&ptr, &i.to_string()), "name"),
+                    format!("{:?} is not a valid error name", e.name),
+                );
             }
         }
         errors
     }
 
-    fn check_bounds(&mut self, min: Option<u64>, max: Option<u64>, pointer: &str, min_key: &str, max_key: &str) {
+    fn check_bounds(
+        &mut self,
+        min: Option<u64>,
+        max: Option<u64>,
+        pointer: &str,
+        min_key: &str,
+        max_key: &str,
+    ) {
         if let (Some(min), Some(max)) = (min, max)
             && min > max
         {
-            self.error(&pointer_join(pointer, min_key), format!("{min_key} {min} exceeds {max_key} {max}"));
+            self.error(
+                &pointer_join(pointer, min_key),
+                format!("{min_key} {min} exceeds {max_key} {max}"),
+            );
         }
     }
 
@@ -395,16 +497,25 @@ impl Loader<'_> {
         if let (Some(min), Some(max)) = (i.minimum, i.maximum)
             && min > max
         {
-            self.error(&pointer_join(pointer, "minimum"), format!("minimum {min} exceeds maximum {max}"));
+            self.error(
+                &pointer_join(pointer, "minimum"),
+                format!("minimum {min} exceeds maximum {max}"),
+            );
         }
         for (key, value) in [("default", i.default), ("const", i.const_value)] {
             let Some(value) = value else { continue };
             let mut problems = Vec::new();
             if i.minimum.is_some_and(|min| value < min) {
-                problems.push(format!("is below minimum {}", i.minimum.unwrap_or_default()));
+                problems.push(format!(
+                    "is below minimum {}",
+                    i.minimum.unwrap_or_default()
+                ));
             }
             if i.maximum.is_some_and(|max| value > max) {
-                problems.push(format!("is above maximum {}", i.maximum.unwrap_or_default()));
+                problems.push(format!(
+                    "is above maximum {}",
+                    i.maximum.unwrap_or_default()
+                ));
             }
             if i.enum_values.as_ref().is_some_and(|e| !e.contains(&value)) {
                 problems.push("is not in enum".to_owned());
@@ -419,8 +530,20 @@ impl Loader<'_> {
     }
 
     fn check_string(&mut self, s: &StringType, pointer: &str) {
-        self.check_bounds(s.min_length, s.max_length, pointer, "minLength", "maxLength");
-        self.check_bounds(s.min_graphemes, s.max_graphemes, pointer, "minGraphemes", "maxGraphemes");
+        self.check_bounds(
+            s.min_length,
+            s.max_length,
+            pointer,
+            "minLength",
+            "maxLength",
+        );
+        self.check_bounds(
+            s.min_graphemes,
+            s.max_graphemes,
+            pointer,
+            "minGraphemes",
+            "maxGraphemes",
+        );
         if s.enum_values.is_some() && s.known_values.is_some() {
             self.error(pointer, "a string may have enum or knownValues, not both");
         }
@@ -430,16 +553,28 @@ impl Loader<'_> {
             let graphemes = value.graphemes(true).count() as u64;
             let mut problems = Vec::new();
             if s.max_length.is_some_and(|max| bytes > max) {
-                problems.push(format!("is longer than maxLength {}", s.max_length.unwrap_or_default()));
+                problems.push(format!(
+                    "is longer than maxLength {}",
+                    s.max_length.unwrap_or_default()
+                ));
             }
             if s.min_length.is_some_and(|min| bytes < min) {
-                problems.push(format!("is shorter than minLength {}", s.min_length.unwrap_or_default()));
+                problems.push(format!(
+                    "is shorter than minLength {}",
+                    s.min_length.unwrap_or_default()
+                ));
             }
             if s.max_graphemes.is_some_and(|max| graphemes > max) {
-                problems.push(format!("is longer than maxGraphemes {}", s.max_graphemes.unwrap_or_default()));
+                problems.push(format!(
+                    "is longer than maxGraphemes {}",
+                    s.max_graphemes.unwrap_or_default()
+                ));
             }
             if s.min_graphemes.is_some_and(|min| graphemes < min) {
-                problems.push(format!("is shorter than minGraphemes {}", s.min_graphemes.unwrap_or_default()));
+                problems.push(format!(
+                    "is shorter than minGraphemes {}",
+                    s.min_graphemes.unwrap_or_default()
+                ));
             }
             if s.enum_values.as_ref().is_some_and(|e| !e.contains(value)) {
                 problems.push("is not in enum".to_owned());
@@ -480,7 +615,9 @@ impl Loader<'_> {
                     use serde_path_to_error::Segment;
                     match segment {
                         Segment::Seq { index } => ptr = pointer_join(&ptr, &index.to_string()),
-                        Segment::Map { key } | Segment::Enum { variant: key } => ptr = pointer_join(&ptr, key),
+                        Segment::Map { key } | Segment::Enum { variant: key } => {
+                            ptr = pointer_join(&ptr, key)
+                        }
                         Segment::Unknown => {}
                     }
                 }
@@ -506,11 +643,19 @@ impl Loader<'_> {
         ty
     }
 
-    fn optional_string(&mut self, map: &Map<String, Value>, pointer: &str, key: &str) -> Option<String> {
+    fn optional_string(
+        &mut self,
+        map: &Map<String, Value>,
+        pointer: &str,
+        key: &str,
+    ) -> Option<String> {
         match map.get(key)? {
             Value::String(s) => Some(s.clone()),
             _ => {
-                self.error(&pointer_join(pointer, key), format!("\"{key}\" must be a string"));
+                self.error(
+                    &pointer_join(pointer, key),
+                    format!("\"{key}\" must be a string"),
+                );
                 None
             }
         }
@@ -518,7 +663,9 @@ impl Loader<'_> {
 
     fn string_list(&mut self, map: &Map<String, Value>, pointer: &str, key: &str) -> Vec<String> {
         match map.get(key) {
-            Some(v) => self.leaf(v, &pointer_join(pointer, key)).unwrap_or_default(),
+            Some(v) => self
+                .leaf(v, &pointer_join(pointer, key))
+                .unwrap_or_default(),
             None => Vec::new(),
         }
     }
@@ -528,7 +675,10 @@ impl Loader<'_> {
 const PARAM_ARRAY: &[&str] = &["boolean", "integer", "string", "array"];
 
 fn is_known_def_type(ty: &str) -> bool {
-    matches!(ty, "record" | "query" | "procedure" | "subscription" | "permission-set" | "token" | "params")
+    matches!(
+        ty,
+        "record" | "query" | "procedure" | "subscription" | "permission-set" | "token" | "params"
+    )
 }
 
 fn is_def_name(name: &str) -> bool {

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The emitter allocates many small token trees; mimalloc makes a full
+// corpus run about 15% faster than the system allocator (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Generate typed Rust from AT Protocol lexicons.
 #[derive(Parser)]
 #[command(version, about)]
@@ -34,8 +39,15 @@ fn main() -> ExitCode {
         match codegen::write::compare(&args.out, &generated.files) {
             Ok(drift) if drift.is_empty() => ExitCode::SUCCESS,
             Ok(drift) => {
-                eprintln!("{} is stale; run `cargo run --bin codegen`:", args.out.display());
-                for (label, paths) in [("changed", &drift.changed), ("missing", &drift.missing), ("extra", &drift.extra)] {
+                eprintln!(
+                    "{} is stale; run `cargo run --bin codegen`:",
+                    args.out.display()
+                );
+                for (label, paths) in [
+                    ("changed", &drift.changed),
+                    ("missing", &drift.missing),
+                    ("extra", &drift.extra),
+                ] {
                     for path in paths {
                         eprintln!("  {label}: {}", args.out.join(path).display());
                     }

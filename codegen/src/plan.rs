@@ -34,13 +34,16 @@ impl Plan {
 
 /// Type-namespace names the generated code uses unqualified. A def whose
 /// name would shadow one gets a trailing underscore, like keywords do.
-const PRELUDE_TYPES: &[&str] = &["AsRef", "Box", "From", "Option", "Result", "Self", "String", "Vec"];
+const PRELUDE_TYPES: &[&str] = &[
+    "AsRef", "Box", "From", "Option", "Result", "Self", "String", "Vec",
+];
 const STRICT_KEYWORDS: &[&str] = &["self", "super", "crate", "Self", "_"];
 const KEYWORDS: &[&str] = &[
-    "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "extern", "false", "fn", "for",
-    "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref", "return", "static",
-    "struct", "trait", "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final",
-    "macro", "override", "priv", "try", "typeof", "unsized", "virtual", "yield",
+    "as", "async", "await", "break", "const", "continue", "dyn", "else", "enum", "extern", "false",
+    "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
+    "ref", "return", "static", "struct", "trait", "true", "type", "unsafe", "use", "where",
+    "while", "abstract", "become", "box", "do", "final", "macro", "override", "priv", "try",
+    "typeof", "unsized", "virtual", "yield",
 ];
 
 /// A snake_case identifier for a module or field name: keywords become raw
@@ -71,7 +74,11 @@ pub fn camel(name: &str) -> String {
 
 pub fn shouty(name: &str) -> String {
     let s = name.to_shouty_snake_case();
-    if s.starts_with(|c: char| c.is_ascii_alphabetic()) { s } else { format!("V{s}") }
+    if s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s
+    } else {
+        format!("V{s}")
+    }
 }
 
 /// The last segment of an NSID (`com.example.getThing` -> `getThing`).
@@ -87,12 +94,20 @@ pub fn def_type_name(def: &Def, name: &str) -> String {
         ("main", _) => "Main".to_owned(),
         _ => camel(name),
     };
-    if PRELUDE_TYPES.contains(&camel.as_str()) { format!("{camel}_") } else { camel }
+    if PRELUDE_TYPES.contains(&camel.as_str()) {
+        format!("{camel}_")
+    } else {
+        camel
+    }
 }
 
 /// Rust name of a token constant.
 pub fn token_const_name(nsid: &str, def: &str) -> String {
-    if def == "main" { shouty(nsid_name(nsid)) } else { shouty(def) }
+    if def == "main" {
+        shouty(nsid_name(nsid))
+    } else {
+        shouty(def)
+    }
 }
 
 /// Variant names for the values of a string enum (closed or open).
@@ -100,7 +115,7 @@ pub fn token_const_name(nsid: &str, def: &str) -> String {
 /// when two values clash, the clashing ones use their whole text.
 pub fn value_variants(values: &[String], open: bool) -> Result<Vec<String>, String> {
     let short = |v: &str| camel(v.rsplit(['#', '.']).next().unwrap_or(v));
-    disambiguate(values, short, |v| camel(v), if open { &["Other"] } else { &[] })
+    disambiguate(values, short, camel, if open { &["Other"] } else { &[] })
 }
 
 /// Variant names for union members (`nsid#view` -> `View`, a main ref ->
@@ -108,11 +123,19 @@ pub fn value_variants(values: &[String], open: bool) -> Result<Vec<String>, Stri
 pub fn union_variants(refs: &[String], open: bool) -> Result<Vec<String>, String> {
     let short = |r: &str| {
         let (nsid, def) = r.split_once('#').unwrap_or((r, "main"));
-        if def == "main" { camel(nsid_name(nsid)) } else { camel(def) }
+        if def == "main" {
+            camel(nsid_name(nsid))
+        } else {
+            camel(def)
+        }
     };
     let long = |r: &str| {
         let (nsid, def) = r.split_once('#').unwrap_or((r, "main"));
-        if def == "main" { camel(nsid_name(nsid)) } else { camel(&format!("{}_{def}", nsid_name(nsid))) }
+        if def == "main" {
+            camel(nsid_name(nsid))
+        } else {
+            camel(&format!("{}_{def}", nsid_name(nsid)))
+        }
     };
     disambiguate(refs, short, long, if open { &["Unknown"] } else { &[] })
 }
@@ -125,7 +148,11 @@ fn disambiguate(
 ) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = items.iter().map(|i| short(i)).collect();
     let clashes = |names: &[String], i: usize| {
-        reserved.contains(&names[i].as_str()) || names.iter().enumerate().any(|(j, n)| j != i && *n == names[i])
+        reserved.contains(&names[i].as_str())
+            || names
+                .iter()
+                .enumerate()
+                .any(|(j, n)| j != i && *n == names[i])
     };
     let clashing: Vec<usize> = (0..names.len()).filter(|&i| clashes(&names, i)).collect();
     for &i in &clashing {
@@ -136,7 +163,10 @@ fn disambiguate(
     }
     for i in 0..names.len() {
         if let Some(j) = (0..names.len()).find(|&j| j != i && names[j] == names[i]) {
-            return Err(format!("{:?} and {:?} both become the Rust name {}", items[i], items[j], names[i]));
+            return Err(format!(
+                "{:?} and {:?} both become the Rust name {}",
+                items[i], items[j], names[i]
+            ));
         }
     }
     Ok(names)
@@ -145,19 +175,30 @@ fn disambiguate(
 /// Plans every name; problems come back beside the plan (see `resolve`).
 pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
     let mut diags = Diagnostics::default();
-    let mut plan = Plan { modules: HashMap::new(), types: HashMap::new() };
+    let mut plan = Plan {
+        modules: HashMap::new(),
+        types: HashMap::new(),
+    };
     // Module paths, and clashes between sibling modules.
     let mut siblings: BTreeMap<Vec<String>, (String, &Document)> = BTreeMap::new();
     for doc in &catalog.documents {
         let mut path = Vec::new();
         for segment in doc.id.split('.') {
             path.push(snake_ident(segment));
-            let original: String = doc.id.split('.').take(path.len()).collect::<Vec<_>>().join(".");
+            let original: String = doc
+                .id
+                .split('.')
+                .take(path.len())
+                .collect::<Vec<_>>()
+                .join(".");
             match siblings.get(&path) {
                 Some((other, _)) if *other != original => diags.push(
                     &doc.file,
                     "/id",
-                    format!("NSID prefix {original} and {other} both become the Rust module {}", path.join("::")),
+                    format!(
+                        "NSID prefix {original} and {other} both become the Rust module {}",
+                        path.join("::")
+                    ),
                 ),
                 Some(_) => {}
                 None => {
@@ -168,7 +209,12 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         plan.modules.insert(doc.id.clone(), path);
     }
     for doc in &catalog.documents {
-        let mut namer = Namer { doc, diags: &mut diags, taken: BTreeMap::new(), types: &mut plan.types };
+        let mut namer = Namer {
+            doc,
+            diags: &mut diags,
+            taken: BTreeMap::new(),
+            types: &mut plan.types,
+        };
         namer.document();
     }
     (plan, diags)
@@ -219,7 +265,11 @@ impl Namer<'_> {
                         self.claim(false, name, &def.pointer);
                     }
                 }
-                Def::Token(_) => self.claim(false, &token_const_name(&self.doc.id, &def.name), &def.pointer),
+                Def::Token(_) => self.claim(
+                    false,
+                    &token_const_name(&self.doc.id, &def.name),
+                    &def.pointer,
+                ),
             }
             if matches!(def.def, Def::Record(_)) {
                 self.claim(false, "NSID", &def.pointer);
@@ -275,13 +325,20 @@ impl Namer<'_> {
             Claim::Invented => {
                 // `{Parent}{Field}`, or with its kind appended when a def or
                 // an earlier inline type already has that name.
-                let free = |n: &str| !self.taken.contains_key(&(true, n.to_owned())) && !PRELUDE_TYPES.contains(&n);
-                let name = if free(name) { name.to_owned() } else { format!("{name}{kind}") };
+                let free = |n: &str| {
+                    !self.taken.contains_key(&(true, n.to_owned())) && !PRELUDE_TYPES.contains(&n)
+                };
+                let name = if free(name) {
+                    name.to_owned()
+                } else {
+                    format!("{name}{kind}")
+                };
                 self.claim(true, &name, pointer);
                 name
             }
         };
-        self.types.insert((self.doc.id.clone(), pointer.to_owned()), name.clone());
+        self.types
+            .insert((self.doc.id.clone(), pointer.to_owned()), name.clone());
         name
     }
 
@@ -294,11 +351,18 @@ impl Namer<'_> {
                 self.diags.push(
                     &self.doc.file,
                     &p.field.pointer,
-                    format!("properties {other:?} and {:?} both become the Rust field {ident}", p.name),
+                    format!(
+                        "properties {other:?} and {:?} both become the Rust field {ident}",
+                        p.name
+                    ),
                 );
             }
             let parent = name.trim_end_matches('_');
-            self.field(&p.field, &format!("{parent}{}", camel(&p.name)), Claim::Invented);
+            self.field(
+                &p.field,
+                &format!("{parent}{}", camel(&p.name)),
+                Claim::Invented,
+            );
         }
     }
 
@@ -323,7 +387,11 @@ impl Namer<'_> {
                 }
             }
             FieldType::Array(a) => {
-                let name = if named { self.name_type(&field.pointer, name, claim, "") } else { name.to_owned() };
+                let name = if named {
+                    self.name_type(&field.pointer, name, claim, "")
+                } else {
+                    name.to_owned()
+                };
                 let parent = name.trim_end_matches('_');
                 self.field(&a.items, &format!("{parent}Item"), Claim::Invented);
             }
@@ -358,7 +426,11 @@ mod tests {
             ["ReasonSpam", "OtherValue"]
         );
         assert_eq!(
-            union_variants(&v(&["a.b.images#view", "a.b.video#view", "a.b.post#main"]), true).unwrap(),
+            union_variants(
+                &v(&["a.b.images#view", "a.b.video#view", "a.b.post#main"]),
+                true
+            )
+            .unwrap(),
             ["ImagesView", "VideoView", "Post"]
         );
         assert!(value_variants(&v(&["hide", "Hide"]), false).is_err());

@@ -54,7 +54,12 @@ pub fn resolve(documents: &[Document]) -> (Catalog, Diagnostics) {
     for doc in &catalog.documents {
         for def in &doc.defs {
             let key = format!("{}#{}", doc.id, def.name);
-            let mut checker = RefChecker { catalog: &catalog, doc, diags: &mut diags, by_value: Vec::new() };
+            let mut checker = RefChecker {
+                catalog: &catalog,
+                doc,
+                diags: &mut diags,
+                by_value: Vec::new(),
+            };
             checker.def(&def.def);
             edges.insert(key, checker.by_value);
         }
@@ -149,12 +154,23 @@ impl RefChecker<'_> {
     /// a value can have.
     fn target(&mut self, target: &str, pointer: &str, what: &str) -> Option<&'static str> {
         let Some((_, def)) = self.catalog.get(target) else {
-            self.diags.push(&self.doc.file, pointer, format!("dangling {what}: no def {target}"));
+            self.diags.push(
+                &self.doc.file,
+                pointer,
+                format!("dangling {what}: no def {target}"),
+            );
             return None;
         };
         let kind = def.def.kind();
-        if matches!(kind, "query" | "procedure" | "subscription" | "permission-set") {
-            self.diags.push(&self.doc.file, pointer, format!("{what} to {target}, which is a {kind}"));
+        if matches!(
+            kind,
+            "query" | "procedure" | "subscription" | "permission-set"
+        ) {
+            self.diags.push(
+                &self.doc.file,
+                pointer,
+                format!("{what} to {target}, which is a {kind}"),
+            );
             return None;
         }
         Some(kind)
@@ -164,7 +180,9 @@ impl RefChecker<'_> {
 /// Tarjan's algorithm, iteratively. Returns each node's component and the
 /// set of components that contain a cycle (more than one node, or a
 /// self-loop).
-fn strongly_connected(edges: &HashMap<String, Vec<String>>) -> (HashMap<String, usize>, HashSet<usize>) {
+fn strongly_connected(
+    edges: &HashMap<String, Vec<String>>,
+) -> (HashMap<String, usize>, HashSet<usize>) {
     let mut nodes: Vec<&String> = edges.keys().collect();
     nodes.sort();
     let mut index_of: HashMap<&str, usize> = HashMap::new();
@@ -240,12 +258,21 @@ mod tests {
     use super::*;
 
     fn graph(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+            .collect()
     }
 
     #[test]
     fn finds_cycles_and_self_loops() {
-        let g = graph(&[("a", &["b"]), ("b", &["c"]), ("c", &["a"]), ("d", &["d"]), ("e", &["a"])]);
+        let g = graph(&[
+            ("a", &["b"]),
+            ("b", &["c"]),
+            ("c", &["a"]),
+            ("d", &["d"]),
+            ("e", &["a"]),
+        ]);
         let (comp, cyclic) = strongly_connected(&g);
         assert_eq!(comp["a"], comp["b"]);
         assert_eq!(comp["b"], comp["c"]);

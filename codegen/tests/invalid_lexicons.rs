@@ -7,7 +7,9 @@ use std::path::Path;
 use std::process::Command;
 
 fn run_case(case: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/invalid").join(case);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/invalid")
+        .join(case);
     let out = std::env::temp_dir().join(format!("codegen-invalid-{case}-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_codegen"))
         .arg("--lexicons")
@@ -17,14 +19,30 @@ fn run_case(case: &str) {
         .output()
         .expect("codegen runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{case}: expected exit 2, stderr:\n{stderr}");
-    assert!(!stderr.contains("panicked"), "{case}: the generator panicked:\n{stderr}");
-    assert!(!out.exists(), "{case}: nothing may be written for invalid input");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{case}: expected exit 2, stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "{case}: the generator panicked:\n{stderr}"
+    );
+    assert!(
+        !out.exists(),
+        "{case}: nothing may be written for invalid input"
+    );
 
     let expect = std::fs::read_to_string(dir.join("EXPECT")).expect("EXPECT file");
     let lines: Vec<&str> = expect.lines().collect();
-    assert!(lines.len() >= 2 && lines.len() % 2 == 0, "{case}: EXPECT holds (file, pointer) pairs");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert!(
+        lines.len() >= 2 && lines.len().is_multiple_of(2),
+        "{case}: EXPECT holds (file, pointer) pairs"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
     for pair in lines.chunks(2) {
         let (file, pointer) = (pair[0], pair[1]);
         let location = format!("{}#{pointer}:", dir.join(file).display());
@@ -33,7 +51,11 @@ fn run_case(case: &str) {
             "{case}: no error at {location}; stderr:\n{stderr}"
         );
     }
-    assert_eq!(errors.len(), lines.len() / 2, "{case}: exactly the expected problems; stderr:\n{stderr}");
+    assert_eq!(
+        errors.len(),
+        lines.len() / 2,
+        "{case}: exactly the expected problems; stderr:\n{stderr}"
+    );
 }
 
 macro_rules! cases {

@@ -13,5 +13,7 @@
 //! AT Protocol specs impose on data lives once, here, with its tests, instead
 //! of being re-emitted into every generated module.
 
+// Generated files are formatted by the generator (prettyplease), not rustfmt.
+#[rustfmt::skip]
 pub mod lexicons;
 pub mod runtime;
