@@ -54,7 +54,10 @@ fn regenerating_twice_leaves_the_tree_byte_identical() {
     let first = codegen(&out, &[]);
     assert!(first.status.success(), "{}", stderr(&first));
     let before = snapshot(&out);
-    assert!(before.len() >= 4, "the fixtures generate a file per namespace level");
+    assert!(
+        before.len() >= 4,
+        "the fixtures generate a file per namespace level"
+    );
 
     let second = codegen(&out, &[]);
     assert!(second.status.success(), "{}", stderr(&second));
