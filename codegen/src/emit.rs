@@ -204,35 +204,25 @@ fn ident(name: &str) -> Ident {
     }
 }
 
+/// `///` lines for an item; a description's own line breaks are kept.
 fn doc_attrs(text: Option<&str>) -> TokenStream {
-    let Some(text) = text else {
-        return TokenStream::new();
-    };
-    text.trim()
-        .lines()
-        .map(|line| {
-            let line = if line.trim().is_empty() {
-                String::new()
-            } else {
-                format!(" {}", line.trim_end())
-            };
-            quote!(#[doc = #line])
-        })
+    doc_lines(text.unwrap_or_default())
+        .map(|line| quote!(#[doc = #line]))
         .collect()
 }
 
+/// `//!` lines for the module a file is.
 fn inner_doc_attrs(text: &str) -> TokenStream {
-    text.trim()
-        .lines()
-        .map(|line| {
-            let line = if line.trim().is_empty() {
-                String::new()
-            } else {
-                format!(" {}", line.trim_end())
-            };
-            quote!(#![doc = #line])
-        })
+    doc_lines(text)
+        .map(|line| quote!(#![doc = #line]))
         .collect()
+}
+
+fn doc_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.trim().lines().map(|line| match line.trim_end() {
+        "" => String::new(),
+        line => format!(" {line}"),
+    })
 }
 
 /// The `$type` of a union member: main defs are named by their NSID alone.
