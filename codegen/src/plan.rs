@@ -247,18 +247,19 @@ impl Namer<'_> {
                     self.claim(true, &def_type_name(&def.def, &def.name), &def.pointer);
                 }
                 Def::Query(_) | Def::Procedure(_) => {
-                    for name in ["Params", "Input", "Output", "Error"] {
+                    for name in ["Params", "Input", "Output", "Error", "Response"] {
                         self.claim(true, name, &def.pointer);
                     }
-                    for name in ["NSID", "INPUT_ENCODING", "OUTPUT_ENCODING"] {
+                    for name in ["NSID", "INPUT_ENCODING", "OUTPUT_ENCODING", "ROUTE"] {
                         self.claim(false, name, &def.pointer);
                     }
                 }
                 Def::Subscription(_) => {
-                    for name in ["Params", "Message", "Error"] {
+                    for name in ["Params", "Message", "Error", "Response"] {
                         self.claim(true, name, &def.pointer);
                     }
                     self.claim(false, "NSID", &def.pointer);
+                    self.claim(false, "ROUTE", &def.pointer);
                 }
                 Def::PermissionSet(_) => {
                     for name in ["NSID", "TITLE", "DETAIL", "PERMISSIONS", "METHODS"] {

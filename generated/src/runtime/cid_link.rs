@@ -20,9 +20,14 @@ impl From<Cid> for CidLink {
 }
 
 impl serde::Serialize for CidLink {
-    // Binary formats get the same map for now. DAG-CBOR encodes links as
-    // tag 42 over the binary CID; that arrives with event streams.
+    /// JSON gets the `{"$link": ...}` object; binary formats (DAG-CBOR in
+    /// event streams) get the native form, tag 42 over the binary CID.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            let cid = ipld_core::cid::Cid::try_from(self.0.as_str())
+                .map_err(|error| serde::ser::Error::custom(format_args!("invalid cid: {error}")))?;
+            return cid.serialize(serializer);
+        }
         let mut map = serializer.serialize_map(Some(1))?;
         map.serialize_entry(KEY, self.0.as_str())?;
         map.end()
@@ -31,6 +36,12 @@ impl serde::Serialize for CidLink {
 
 impl<'de> serde::Deserialize<'de> for CidLink {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !deserializer.is_human_readable() {
+            let cid = ipld_core::cid::Cid::deserialize(deserializer)?;
+            return Cid::new(cid.to_string())
+                .map(Self)
+                .map_err(serde::de::Error::custom);
+        }
         let cid = single_key::deserialize(deserializer, KEY)?;
         Cid::new(cid).map(Self).map_err(serde::de::Error::custom)
     }

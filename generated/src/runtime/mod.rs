@@ -13,6 +13,7 @@
 //! | [`union`] | `union` (`$type`-tagged objects) |
 //! | [`validate`] | constraints (`maxLength`, `minimum`, `accept`, ...) |
 //! | [`record`], [`permission`], [`body`] | record keys, permission sets, XRPC bodies and errors |
+//! | [`xrpc`] | the XRPC server and client runtime the generated traits, routers and clients call |
 
 pub mod blob;
 pub mod body;
@@ -25,6 +26,7 @@ pub mod record;
 pub mod union;
 pub mod unknown;
 pub mod validate;
+pub mod xrpc;
 
 mod single_key;
 mod text;

@@ -1,0 +1,384 @@
+//! The server half: one axum method router per XRPC method, plus the
+//! router-wide pieces (fallback, body limit, JSON-only error bodies).
+//!
+//! Each method router runs the same fixed pipeline, so the order is a
+//! property of the runtime rather than of each handler:
+//! verb check -> `authenticate` -> parameters -> body -> handler -> encoding.
+//! Authentication comes before any parsing, so an unauthenticated request
+//! never learns anything about the method's inputs and never reaches a
+//! handler.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use futures_util::{FutureExt as _, SinkExt as _, Stream, StreamExt as _};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::request::Parts;
+use http::{StatusCode, Uri};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+
+use crate::runtime::DeclaredError;
+use crate::runtime::xrpc::body::essence;
+use crate::runtime::xrpc::error::{error_response, name_for_status};
+use crate::runtime::xrpc::frames::{OP_MESSAGE, encode_frame, error_frame};
+use crate::runtime::xrpc::{
+    EventMessage, InputBody, MethodError, OutputBody, Params, Route, XrpcError, parse_params,
+};
+
+/// What every generated handler trait builds on: the authentication hook.
+///
+/// It runs before anything else looks at a request, with the route's NSID,
+/// so a service-auth token's `lxm` claim can be bound to the method being
+/// called. An `Err` ends the request; the handler never runs.
+pub trait XrpcService: Send + Sync + 'static {
+    /// Who is calling, as the handlers see it (e.g. an authenticated DID).
+    type Caller: Send + 'static;
+
+    /// Authenticates a request to the method `nsid`.
+    fn authenticate(
+        &self,
+        nsid: &'static str,
+        request: &Parts,
+    ) -> impl Future<Output = Result<Self::Caller, XrpcError>> + Send;
+}
+
+/// What a subscription handler streams: boxed, so a generated trait can
+/// name one type for every implementation (`Box::pin(stream)`).
+pub type SubscriptionStream<M, E> =
+    std::pin::Pin<Box<dyn Stream<Item = Result<M, MethodError<E>>> + Send + 'static>>;
+
+/// The request-body limit used when no [`body_limit_layer`] is applied.
+pub const DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// The request-body limit in bytes, carried as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit(pub usize);
+
+/// A layer that sets the request-body limit for the routes it wraps; larger
+/// bodies are answered with 413 `PayloadTooLarge`.
+pub fn body_limit_layer(bytes: usize) -> axum::Extension<BodyLimit> {
+    axum::Extension(BodyLimit(bytes))
+}
+
+/// The method router of a query (`GET`, parameters, output).
+pub fn query<S, P, O, E, F, Fut>(service: Arc<S>, route: &'static Route, handler: F) -> MethodRouter
+where
+    S: XrpcService,
+    P: Params,
+    O: OutputBody,
+    E: DeclaredError + Send + 'static,
+    F: Fn(Arc<S>, S::Caller, P) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, MethodError<E>>> + Send + 'static,
+{
+    axum::routing::any(move |request: Request| {
+        let service = Arc::clone(&service);
+        let handler = handler.clone();
+        guarded(async move {
+            let (parts, _body) = request.into_parts();
+            let (caller, params) = match admit::<S, P>(&service, route, &parts).await {
+                Ok(admitted) => admitted,
+                Err(error) => return error.into_response(),
+            };
+            match handler(service, caller, params).await {
+                Ok(output) => output.into_response(route),
+                Err(error) => error.into_response(),
+            }
+        })
+    })
+}
+
+/// The method router of a procedure (`POST`, parameters, input, output).
+pub fn procedure<S, P, I, O, E, F, Fut>(
+    service: Arc<S>,
+    route: &'static Route,
+    handler: F,
+) -> MethodRouter
+where
+    S: XrpcService,
+    P: Params,
+    I: InputBody,
+    O: OutputBody,
+    E: DeclaredError + Send + 'static,
+    F: Fn(Arc<S>, S::Caller, P, I) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<O, MethodError<E>>> + Send + 'static,
+{
+    axum::routing::any(move |request: Request| {
+        let service = Arc::clone(&service);
+        let handler = handler.clone();
+        guarded(async move {
+            let (parts, body) = request.into_parts();
+            let (caller, params) = match admit::<S, P>(&service, route, &parts).await {
+                Ok(admitted) => admitted,
+                Err(error) => return error.into_response(),
+            };
+            let input = match read_input::<I>(route, &parts, body).await {
+                Ok(input) => input,
+                Err(error) => return error.into_response(),
+            };
+            match handler(service, caller, params, input).await {
+                Ok(output) => output.into_response(route),
+                Err(error) => error.into_response(),
+            }
+        })
+    })
+}
+
+/// The method router of a subscription (`GET` + WebSocket upgrade).
+///
+/// Authentication and parameters are checked before upgrading, so a
+/// rejected request gets an ordinary JSON error response. After the
+/// upgrade each stream item is one binary frame; an `Err` (from the stream,
+/// or from the handler before streaming) is sent as an error frame and the
+/// socket is closed.
+pub fn subscription<S, P, M, E, F, Fut, St>(
+    service: Arc<S>,
+    route: &'static Route,
+    handler: F,
+) -> MethodRouter
+where
+    S: XrpcService,
+    P: Params,
+    M: EventMessage,
+    E: DeclaredError + Send + 'static,
+    F: Fn(Arc<S>, S::Caller, P) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<St, MethodError<E>>> + Send + 'static,
+    St: Stream<Item = Result<M, MethodError<E>>> + Send + 'static,
+{
+    axum::routing::any(move |request: Request| {
+        let service = Arc::clone(&service);
+        let handler = handler.clone();
+        guarded(async move {
+            let (mut parts, _body) = request.into_parts();
+            let (caller, params) = match admit::<S, P>(&service, route, &parts).await {
+                Ok(admitted) => admitted,
+                Err(error) => return error.into_response(),
+            };
+            let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+                Ok(upgrade) => upgrade,
+                Err(rejection) => {
+                    return XrpcError::invalid_request(format!(
+                        "{} is a subscription and needs a WebSocket upgrade: {rejection}",
+                        route.nsid
+                    ))
+                    .into_response();
+                }
+            };
+            let started = handler(service, caller, params).await;
+            upgrade.on_upgrade(move |socket| send_frames(socket, started))
+        })
+    })
+}
+
+/// The shared start of every method: verb, then authentication, then
+/// parameters, in that order.
+async fn admit<S: XrpcService, P: Params>(
+    service: &S,
+    route: &'static Route,
+    parts: &Parts,
+) -> Result<(S::Caller, P), XrpcError> {
+    let expected = route.http_method();
+    if parts.method != expected {
+        return Err(XrpcError::invalid_request(format!(
+            "{} must be called with {expected}, not {}",
+            route.nsid, parts.method
+        )));
+    }
+    let caller = service.authenticate(route.nsid, parts).await?;
+    let params = parse_params(route, parts.uri.query())?;
+    Ok((caller, params))
+}
+
+/// Reads the body within the limit and decodes it as the method's input.
+async fn read_input<I: InputBody>(
+    route: &Route,
+    parts: &Parts,
+    body: axum::body::Body,
+) -> Result<I, XrpcError> {
+    let limit = parts
+        .extensions
+        .get::<BodyLimit>()
+        .map_or(DEFAULT_BODY_LIMIT, |limit| limit.0);
+    // A declared length over the limit is refused without reading.
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
+        return Err(XrpcError::payload_too_large(limit));
+    }
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(XrpcError::payload_too_large(limit));
+        }
+        Err(error) => {
+            return Err(XrpcError::invalid_request(format!(
+                "could not read the request body: {error}"
+            )));
+        }
+    };
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok());
+    I::decode(route, content_type, bytes)
+}
+
+/// Runs a request future, turning a panic into a 500 that says nothing
+/// about the panic (the message is logged instead).
+async fn guarded(request: impl Future<Output = Response> + Send) -> Response {
+    match AssertUnwindSafe(request).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => XrpcError::internal(&PanicMessage(&*panic)).into_response(),
+    }
+}
+
+/// A panic payload's message, for the log.
+struct PanicMessage<'a>(&'a (dyn std::any::Any + Send));
+
+impl std::fmt::Display for PanicMessage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self
+            .0
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| self.0.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        write!(f, "handler panicked: {message}")
+    }
+}
+
+/// Sends the event stream over an upgraded socket until it ends, fails, or
+/// the client goes away.
+async fn send_frames<M, E, St>(socket: WebSocket, started: Result<St, MethodError<E>>)
+where
+    M: EventMessage,
+    E: DeclaredError + Send + 'static,
+    St: Stream<Item = Result<M, MethodError<E>>> + Send + 'static,
+{
+    let (mut sink, mut incoming) = socket.split();
+    let stream = match started {
+        Ok(stream) => stream,
+        Err(error) => {
+            send_error(&mut sink, error.name(), error.message()).await;
+            return;
+        }
+    };
+    let mut stream = std::pin::pin!(AssertUnwindSafe(stream).catch_unwind());
+    loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                None => {
+                    let _closed = sink.send(close_message()).await;
+                    return;
+                }
+                Some(Ok(Ok(message))) => {
+                    let frame = match message.encode_body() {
+                        Ok(body) => encode_frame(OP_MESSAGE, Some(&message.frame_type()), &body),
+                        Err(error) => {
+                            send_error(&mut sink, error.error(), error.message()).await;
+                            return;
+                        }
+                    };
+                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Err(error))) => {
+                    send_error(&mut sink, error.name(), error.message()).await;
+                    return;
+                }
+                Some(Err(panic)) => {
+                    let error = XrpcError::internal(&PanicMessage(&*panic));
+                    send_error(&mut sink, error.error(), error.message()).await;
+                    return;
+                }
+            },
+            received = incoming.next() => match received {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                // Clients have nothing to say on an event stream; pings are
+                // answered by the WebSocket layer.
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+async fn send_error<Si>(sink: &mut Si, name: &str, message: &str)
+where
+    Si: futures_util::Sink<Message> + Unpin,
+{
+    let frame = error_frame(name, message);
+    if sink.send(Message::Binary(frame.into())).await.is_ok() {
+        let _closed = sink.send(close_message()).await;
+    }
+}
+
+fn close_message() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
+/// Completes a router of XRPC methods: unknown NSIDs under `/xrpc/` get
+/// 501 `MethodNotImplemented`, other paths 404 `NotFound`, and any error
+/// response that is not already JSON (an axum rejection, a layer's plain
+/// text) is rewritten into the XRPC error shape.
+pub fn finish(router: Router) -> Router {
+    router
+        .fallback(fallback)
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+async fn fallback(uri: Uri) -> Response {
+    match uri.path().strip_prefix("/xrpc/") {
+        Some(nsid) => XrpcError::method_not_implemented(nsid).into_response(),
+        None => XrpcError::not_found(format!("no route for {}", uri.path())).into_response(),
+    }
+}
+
+/// The most of a plain-text error body that is kept as the message.
+const PLAIN_ERROR_LIMIT: usize = 4096;
+
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| essence(value) == "application/json");
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match Limited::new(body, PLAIN_ERROR_LIMIT).collect().await {
+        Ok(collected) => String::from_utf8_lossy(&collected.to_bytes())
+            .trim()
+            .to_owned(),
+        Err(_) => String::new(),
+    };
+    // Server errors never pass their text on: it may hold internals.
+    let message = if text.is_empty() || status.is_server_error() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "PayloadTooLarge".to_owned()
+    } else {
+        name_for_status(status)
+    };
+    parts.headers.remove(CONTENT_TYPE);
+    parts.headers.remove(CONTENT_LENGTH);
+    let mut json = error_response(status, &error, &message);
+    json.headers_mut().extend(parts.headers);
+    json
+}
