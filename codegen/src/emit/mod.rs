@@ -651,7 +651,11 @@ impl<'a> ModuleEmitter<'a> {
                     quote!(Option<#ty>)
                 }
                 Presence::Optional => {
-                    serde_attrs.push(quote!(default, skip_serializing_if = "Option::is_none"));
+                    serde_attrs.push(quote!(
+                        default,
+                        deserialize_with = "crate::runtime::optional_not_null",
+                        skip_serializing_if = "Option::is_none"
+                    ));
                     quote!(Option<#ty>)
                 }
                 Presence::OptionalNullable => {

@@ -84,12 +84,14 @@ pub fn event_message_impl(doc_id: &str, union: &UnionType) -> TokenStream {
             quote!(#short | #full)
         }
     });
-    let unknown_type = open
-        .then(|| quote!(Self::Unknown(value) => value.type_name().unwrap_or_default().to_owned(),));
-    let unknown_body = open
-        .then(|| quote!(Self::Unknown(value) => crate::runtime::xrpc::encode_frame_body(value),));
+    let unknown_type = open.then(
+        || quote!(Self::Unknown(value) => crate::runtime::xrpc::unknown_frame_type(NSID, value),),
+    );
+    let unknown_body = open.then(
+        || quote!(Self::Unknown(value) => crate::runtime::xrpc::encode_unknown_frame_body(value),),
+    );
     let fallback = if open {
-        quote!(_ => crate::runtime::xrpc::decode_frame_body(body).map(Self::Unknown),)
+        quote!(other => crate::runtime::xrpc::decode_unknown_frame(NSID, other, body).map(Self::Unknown),)
     } else {
         quote!(other => Err(crate::runtime::xrpc::XrpcError::invalid_request(format!(
             "unknown message type {other:?}"

@@ -39,7 +39,7 @@ pub use formats::{
     AtIdentifier, AtUri, Cid, Datetime, Did, FormatError, Handle, Language, Nsid, RecordKey, Tid,
     Uri, check_format,
 };
-pub use nullable::{Null, TriState, required_nullable};
+pub use nullable::{Null, TriState, optional_not_null, required_nullable};
 pub use permission::Permission;
 pub use record::{Record, RecordKeyType};
 pub use union::{UnionObject, serialize_typed};

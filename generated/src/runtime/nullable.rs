@@ -91,6 +91,17 @@ where
     Option::<T>::deserialize(deserializer)
 }
 
+/// Deserializes an optional field that is not nullable: absent is `None`
+/// (with `#[serde(default)]`), a value is `Some`, and `null` is an error, as
+/// the lexicon spec says: `null` is only valid where `nullable` allows it.
+pub fn optional_not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// The lexicon `null` type: only ever `null`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Null;

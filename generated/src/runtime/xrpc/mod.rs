@@ -18,6 +18,7 @@ pub mod frames;
 pub mod params;
 pub mod route;
 pub mod server;
+pub mod unknown_frames;
 
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ pub use server::{
     BodyLimit, DEFAULT_BODY_LIMIT, SubscriptionStream, XrpcService, body_limit_layer, finish,
     procedure, query, subscription,
 };
+pub use unknown_frames::{decode_unknown_frame, encode_unknown_frame_body, unknown_frame_type};
 
 /// Re-exported so generated routers (and crates built on them) can name
 /// axum without their own dependency, at the version this runtime uses.

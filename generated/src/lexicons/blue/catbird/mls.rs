@@ -22,10 +22,15 @@ pub mod defs {
         #[serde(
             rename = "lastMessageAt",
             default,
+            deserialize_with = "crate::runtime::optional_not_null",
             skip_serializing_if = "Option::is_none"
         )]
         pub last_message_at: Option<crate::runtime::Datetime>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub metadata: Option<ConvoMetadata>,
     }
 
@@ -51,9 +56,17 @@ pub mod defs {
     /// Optional, unencrypted conversation metadata. Clients that want it private keep it inside the group instead.
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct ConvoMetadata {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub description: Option<String>,
     }
 
@@ -117,7 +130,11 @@ pub mod defs {
         /// The MLS message as sent: a PrivateMessage for application messages, a PublicMessage for commits and proposals.
         pub payload: crate::runtime::Bytes,
         /// The sending user, for commits and proposals. Absent for application messages, whose sender only the members can read.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
         pub sender: Option<crate::runtime::Did>,
         /// When the service accepted the message.
         #[serde(rename = "createdAt")]
@@ -262,6 +279,7 @@ pub mod defs {
         #[serde(
             rename = "keyPackageHash",
             default,
+            deserialize_with = "crate::runtime::optional_not_null",
             skip_serializing_if = "Option::is_none"
         )]
         pub key_package_hash: Option<String>,
