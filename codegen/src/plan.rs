@@ -208,6 +208,18 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         }
         plan.modules.insert(doc.id.clone(), path);
     }
+    // A namespace with methods gets a handler trait, a client, `router` and
+    // `ROUTES` in its module, next to the items of a document with its id.
+    let with_methods: Vec<&str> = catalog
+        .documents
+        .iter()
+        .filter(|d| {
+            d.def("main").is_some_and(|m| {
+                matches!(m.def, Def::Query(_) | Def::Procedure(_) | Def::Subscription(_))
+            })
+        })
+        .filter_map(|d| d.id.rsplit_once('.').map(|(namespace, _)| namespace))
+        .collect();
     for doc in &catalog.documents {
         let mut namer = Namer {
             doc,
@@ -215,6 +227,11 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
             taken: BTreeMap::new(),
             types: &mut plan.types,
         };
+        if with_methods.contains(&doc.id.as_str()) {
+            for (is_type, name) in [(true, "Handler"), (true, "Client"), (false, "router"), (false, "ROUTES")] {
+                namer.claim(is_type, name, "/id");
+            }
+        }
         namer.document();
     }
     (plan, diags)
