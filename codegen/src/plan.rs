@@ -215,7 +215,10 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         .iter()
         .filter(|d| {
             d.def("main").is_some_and(|m| {
-                matches!(m.def, Def::Query(_) | Def::Procedure(_) | Def::Subscription(_))
+                matches!(
+                    m.def,
+                    Def::Query(_) | Def::Procedure(_) | Def::Subscription(_)
+                )
             })
         })
         .filter_map(|d| d.id.rsplit_once('.').map(|(namespace, _)| namespace))
@@ -228,7 +231,12 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
             types: &mut plan.types,
         };
         if with_methods.contains(&doc.id.as_str()) {
-            for (is_type, name) in [(true, "Handler"), (true, "Client"), (false, "router"), (false, "ROUTES")] {
+            for (is_type, name) in [
+                (true, "Handler"),
+                (true, "Client"),
+                (false, "router"),
+                (false, "ROUTES"),
+            ] {
                 namer.claim(is_type, name, "/id");
             }
         }
