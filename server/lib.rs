@@ -1,8 +1,25 @@
 //! The catbird-mls delivery service. It implements the handler traits that
 //! `codegen` writes into the `catbird-generated` crate from `lexicon/`.
 //!
-//! The service itself lands with the service-foundation work; for now the
-//! crate only ties the build to the generated code (see `build.rs`).
+//! Map: [`config`] (flags and environment) -> [`app`] (the HTTP surface) ->
+//! [`service`] (the auth hook and the generated handler trait, routing each
+//! method to its area: [`keypackages`], ...). Shared: [`auth`] (service
+//! auth), [`device`] (`did#device` identities), [`mls_crypto`] (OpenMLS
+//! crypto and cipher suites), [`error`] (typed errors to XRPC errors, in one
+//! place), [`db`] (pool, migrations), [`maintenance`] (cleanup jobs),
+//! [`telemetry`] (logs, metrics).
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod device;
+pub mod error;
+pub mod keypackages;
+pub mod maintenance;
+pub mod mls_crypto;
+pub mod service;
+pub mod telemetry;
 
 pub use catbird_generated as generated;
 

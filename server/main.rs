@@ -1,5 +1,179 @@
-use std::io::Write;
+//! `catbird-mls`: the delivery service and its local tooling.
 
-fn main() -> std::io::Result<()> {
-    writeln!(std::io::stdout(), "catbird-mls {}", catbird_mls::VERSION)
+use std::sync::Arc;
+use std::time::Duration;
+
+use catbird_mls::config::ServeConfig;
+use catbird_mls::{app, db, maintenance, telemetry};
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use catbird_generated::runtime::Did;
+use catbird_mls::auth::{self, Algorithm};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::Notify;
+
+#[derive(Parser)]
+#[command(version, about = "An MLS delivery service for the AT Protocol")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run migrations, then serve until SIGTERM or Ctrl-C.
+    Serve(ServeConfig),
+    /// Create a local identity: a key and its DID document in the local
+    /// DID directory, for trying the service without a PDS. Prints the DID.
+    CreateIdentity {
+        /// A short name; the handle becomes `<name>.test`.
+        name: String,
+        /// Signature algorithm of the key.
+        #[arg(long, value_enum, default_value = "es256k")]
+        algorithm: KeyAlgorithm,
+        #[arg(
+            long,
+            env = "CATBIRD_DID_DIRECTORY",
+            default_value = "target/local/dids"
+        )]
+        did_directory: PathBuf,
+    },
+    /// Print a short-lived service-auth token of a local identity for one
+    /// method, for `curl -H "Authorization: Bearer $(...)"`.
+    Token {
+        /// The identity's DID (from `create-identity`).
+        did: String,
+        /// The method (NSID) the token is for: its `lxm` claim.
+        method: String,
+        /// Token lifetime in seconds.
+        #[arg(long, default_value_t = 60)]
+        lifetime: u64,
+        /// The service DID (the token's `aud`).
+        #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = "did:web:localhost")]
+        service_did: String,
+        #[arg(
+            long,
+            env = "CATBIRD_DID_DIRECTORY",
+            default_value = "target/local/dids"
+        )]
+        did_directory: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KeyAlgorithm {
+    Es256k,
+    Es256,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(config) => serve(config).await,
+        Command::CreateIdentity {
+            name,
+            algorithm,
+            did_directory,
+        } => {
+            let algorithm = match algorithm {
+                KeyAlgorithm::Es256k => Algorithm::Es256k,
+                KeyAlgorithm::Es256 => Algorithm::Es256,
+            };
+            auth::create_identity(&did_directory, &name, algorithm)
+                .map_err(Into::into)
+                .and_then(|identity| print_line(identity.did.as_str()))
+        }
+        Command::Token {
+            did,
+            method,
+            lifetime,
+            service_did,
+            did_directory,
+        } => token(
+            &did,
+            &method,
+            Duration::from_secs(lifetime),
+            &service_did,
+            &did_directory,
+        ),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // Logging may not be set up (the local tools do not use it).
+            let _ = writeln!(std::io::stderr(), "error: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(
+    did: &str,
+    method: &str,
+    lifetime: Duration,
+    service_did: &str,
+    directory: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let identity = auth::load_identity(directory, &Did::new(did)?)?;
+    let audience = Did::new(service_did)?;
+    print_line(&auth::mint_token(&identity, &audience, method, lifetime))
+}
+
+/// The tools print their result on stdout, for shell use.
+fn print_line(text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    writeln!(std::io::stdout(), "{text}")?;
+    Ok(())
+}
+
+async fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    telemetry::init_logging(config.log_json);
+    let pool = db::connect(&config.database_url, config.db_max_connections).await?;
+    db::migrate(&pool).await?;
+    let state = Arc::new(app::AppState::new(&config, pool.clone())?);
+    let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
+    tokio::spawn(maintenance::run_periodically(pool, cleanup));
+    let app = app::router(state, config.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    tracing::info!(address = %listener.local_addr()?, version = catbird_mls::VERSION, "serving");
+
+    // On SIGTERM stop accepting, let in-flight requests finish, but not for
+    // longer than the grace period.
+    let stopping = Arc::new(Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            stopping.notify_one();
+        }
+    });
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    tokio::select! {
+        result = server => result?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("grace period over; exiting with requests in flight");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }

@@ -1,0 +1,194 @@
+//! The service-auth checks, in the order that keeps them cheap and safe:
+//!
+//! 1. header present, `Bearer`, a well-formed JWT with an allowed `alg` and
+//!    `typ` (no I/O);
+//! 2. claims: `iss` is a DID, `aud` is us, `exp`/`nbf`/`iat` within the
+//!    clock-skew allowance, `lxm` is this route, `jti` present (no I/O);
+//! 3. the issuer's DID document gives the `#atproto` key, of the type `alg`
+//!    names, and it verifies the signature (network or disk);
+//! 4. the `jti` has not been used (database) — last, so only authentic
+//!    tokens are recorded.
+
+use std::time::Duration;
+
+use catbird_generated::runtime::Did;
+use chrono::{DateTime, Utc};
+
+use super::AuthError;
+use super::did::{DidDocument, DidResolver};
+use super::jwt::{self, Claims, UnverifiedToken};
+use super::replay::ReplayStore;
+
+/// How far our clock and the issuer's may disagree.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Who made an authenticated request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The issuer's DID (without any `#service` fragment).
+    pub did: Did,
+    /// The `iss` claim as sent, fragment included.
+    pub issuer: String,
+}
+
+/// Verifies service-auth tokens for one service DID.
+#[derive(Debug)]
+pub struct Verifier<R, S> {
+    service_did: Did,
+    resolver: R,
+    replay: S,
+    clock_skew: Duration,
+}
+
+impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
+    /// A verifier accepting tokens whose `aud` is `service_did`.
+    pub fn new(service_did: Did, resolver: R, replay: S) -> Self {
+        Self {
+            service_did,
+            resolver,
+            replay,
+            clock_skew: DEFAULT_CLOCK_SKEW,
+        }
+    }
+
+    /// Changes the clock-skew allowance (default [`DEFAULT_CLOCK_SKEW`]).
+    pub fn with_clock_skew(mut self, clock_skew: Duration) -> Self {
+        self.clock_skew = clock_skew;
+        self
+    }
+
+    /// This service's DID (the required `aud`).
+    pub fn service_did(&self) -> &Did {
+        &self.service_did
+    }
+
+    /// The resolver, e.g. to share its cache.
+    pub fn resolver(&self) -> &R {
+        &self.resolver
+    }
+
+    /// Checks the `Authorization` header value of a request to method `nsid`.
+    pub async fn verify(
+        &self,
+        nsid: &str,
+        authorization: Option<&str>,
+    ) -> Result<Caller, AuthError> {
+        let result = self.verify_inner(nsid, authorization).await;
+        match &result {
+            Ok(caller) => tracing::debug!(did = %caller.did, nsid, "service auth accepted"),
+            // Internal errors are logged where they become a 500 (crate::error);
+            // rejections at debug, so a flood of bad tokens cannot flood the logs.
+            Err(error) => tracing::debug!(%error, nsid, "service auth rejected"),
+        }
+        result
+    }
+
+    async fn verify_inner(
+        &self,
+        nsid: &str,
+        authorization: Option<&str>,
+    ) -> Result<Caller, AuthError> {
+        let token = bearer_token(authorization.ok_or(AuthError::Missing)?)?;
+        let token = jwt::parse(token)?;
+        let claims = &token.claims;
+        let (did, issuer) = parse_issuer(&claims.iss)?;
+        let jti = self.check_claims(nsid, claims, Utc::now())?;
+
+        let document = self.resolver.resolve(&did).await?;
+        if let Err(error) = check_signature(&document, &token) {
+            // The key may have been rotated (even to the other curve) since
+            // the document was cached: look once more before rejecting.
+            let fresh = self.resolver.refresh(&did).await?;
+            if fresh == document {
+                return Err(error);
+            }
+            check_signature(&fresh, &token)?;
+        }
+
+        // Remember the id until the token could no longer pass the `exp` check.
+        let expires_at = timestamp(claims.exp)?
+            + chrono::Duration::from_std(self.clock_skew)
+                .map_err(|_| AuthError::Internal("clock skew out of range".into()))?;
+        if !self.replay.first_use(jti, &did, expires_at).await? {
+            return Err(AuthError::Replayed);
+        }
+        Ok(Caller { did, issuer })
+    }
+
+    /// The claim checks that need no I/O; returns the `jti`.
+    fn check_claims<'c>(
+        &self,
+        nsid: &str,
+        claims: &'c Claims,
+        now: DateTime<Utc>,
+    ) -> Result<&'c str, AuthError> {
+        if claims.aud != self.service_did.as_str() {
+            return Err(AuthError::WrongAudience);
+        }
+        let now = now.timestamp();
+        let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(i64::MAX);
+        if claims.exp.saturating_add(skew) <= now {
+            return Err(AuthError::Expired);
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(skew)) {
+            return Err(AuthError::NotYetValid);
+        }
+        if claims.iat.is_some_and(|iat| iat > now.saturating_add(skew)) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        if claims.lxm.as_deref() != Some(nsid) {
+            return Err(AuthError::WrongMethod {
+                expected: nsid.to_owned(),
+                got: claims.lxm.clone(),
+            });
+        }
+        match claims.jti.as_deref() {
+            Some(jti) if !jti.is_empty() && jti.len() <= 256 => Ok(jti),
+            Some(_) => Err(AuthError::Malformed("jti must be 1 to 256 bytes".into())),
+            None => Err(AuthError::Malformed("the jti claim is required".into())),
+        }
+    }
+}
+
+/// Whether `document`'s signing key is of the token's algorithm and
+/// verifies its signature.
+fn check_signature(document: &DidDocument, token: &UnverifiedToken<'_>) -> Result<(), AuthError> {
+    let key = document.signing_key()?;
+    if key.algorithm() != token.algorithm {
+        return Err(AuthError::UnsupportedAlgorithm);
+    }
+    key.verify(token.signing_input.as_bytes(), &token.signature)
+}
+
+/// The token of `Bearer <token>` (the scheme is case-insensitive, RFC 7235).
+fn bearer_token(header: &str) -> Result<&str, AuthError> {
+    let (scheme, token) = header
+        .split_once(' ')
+        .ok_or_else(|| AuthError::Malformed("expected `Authorization: Bearer <token>`".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed(
+            "expected `Authorization: Bearer <token>`".into(),
+        ));
+    }
+    Ok(token.trim())
+}
+
+/// Splits `iss` into the DID and keeps the raw value; a fragment (a service
+/// id such as `#atproto_labeler`) does not change whose key signs.
+fn parse_issuer(iss: &str) -> Result<(Did, String), AuthError> {
+    let did = match iss.split_once('#') {
+        Some((did, fragment)) if !fragment.is_empty() => did,
+        Some(_) => return Err(AuthError::Malformed("iss has an empty fragment".into())),
+        None => iss,
+    };
+    let did = Did::new(did).map_err(|_| AuthError::Malformed("iss is not a DID".into()))?;
+    Ok((did, iss.to_owned()))
+}
+
+fn timestamp(seconds: i64) -> Result<DateTime<Utc>, AuthError> {
+    DateTime::from_timestamp(seconds, 0)
+        .ok_or_else(|| AuthError::Malformed("exp is out of range".into()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+//! The verifier end to end: real keys, real DID documents on disk, real
+//! signatures; one test per way a token can be wrong.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use catbird_generated::runtime::Did;
+
+use super::*;
+use crate::auth::did::DirectoryResolver;
+use crate::auth::jwt::{Claims, Header, sign, sign_with_header};
+use crate::auth::keys::{Algorithm, PrivateKey};
+use crate::auth::local::{LocalIdentity, create_identity, mint_token};
+use crate::auth::replay::MemoryReplayStore;
+use crate::auth::testdir::TestDir;
+
+const NSID: &str = "blue.catbird.mls.getConvos";
+const SERVICE: &str = "did:web:mls.catbird.test";
+
+struct Fixture {
+    _dir: TestDir,
+    verifier: Verifier<DirectoryResolver, MemoryReplayStore>,
+    alice: LocalIdentity,
+    bob: LocalIdentity,
+}
+
+fn fixture() -> Fixture {
+    let dir = TestDir::new("verifier");
+    let alice = create_identity(dir.path(), "alice", Algorithm::Es256k).unwrap();
+    let bob = create_identity(dir.path(), "bob", Algorithm::Es256).unwrap();
+    let verifier = Verifier::new(
+        Did::new(SERVICE).unwrap(),
+        DirectoryResolver::new(dir.path()),
+        MemoryReplayStore::new(),
+    );
+    Fixture {
+        _dir: dir,
+        verifier,
+        alice,
+        bob,
+    }
+}
+
+fn service() -> Did {
+    Did::new(SERVICE).unwrap()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// Claims as `identity` would normally send them.
+fn claims(identity: &LocalIdentity) -> Claims {
+    let now = chrono::Utc::now().timestamp();
+    Claims {
+        iss: identity.did.to_string(),
+        aud: SERVICE.into(),
+        exp: now + 60,
+        iat: Some(now),
+        nbf: None,
+        lxm: Some(NSID.into()),
+        jti: Some(format!("jti-{now}-{}", rand_suffix())),
+    }
+}
+
+fn rand_suffix() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).unwrap();
+    u64::from_le_bytes(bytes)
+}
+
+impl Fixture {
+    async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        self.verifier.verify(NSID, Some(&bearer(token))).await
+    }
+
+    async fn verify_claims(&self, claims: &Claims) -> Result<Caller, AuthError> {
+        self.verify(&sign(claims, &self.alice.key)).await
+    }
+}
+
+#[tokio::test]
+async fn accepts_es256k_and_es256_tokens() {
+    let f = fixture();
+    for identity in [&f.alice, &f.bob] {
+        let token = mint_token(identity, &service(), NSID, Duration::from_secs(60));
+        let caller = f.verify(&token).await.unwrap();
+        assert_eq!(
+            caller,
+            Caller {
+                did: identity.did.clone(),
+                issuer: identity.did.to_string()
+            }
+        );
+    }
+    assert_eq!(f.alice.key.algorithm(), Algorithm::Es256k);
+    assert_eq!(f.bob.key.algorithm(), Algorithm::Es256);
+}
+
+#[tokio::test]
+async fn keeps_the_service_fragment_of_iss() {
+    let f = fixture();
+    let mut claims = claims(&f.alice);
+    claims.iss = format!("{}#atproto_labeler", f.alice.did);
+    let caller = f.verify_claims(&claims).await.unwrap();
+    assert_eq!(caller.did, f.alice.did);
+    assert_eq!(caller.issuer, claims.iss);
+    // The scheme is case-insensitive.
+    let token = sign(&self::claims(&f.alice), &f.alice.key);
+    assert!(
+        f.verifier
+            .verify(NSID, Some(&format!("bearer {token}")))
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn rejects_a_missing_header() {
+    let f = fixture();
+    assert_eq!(f.verifier.verify(NSID, None).await, Err(AuthError::Missing));
+}
+
+#[tokio::test]
+async fn rejects_malformed_tokens() {
+    let f = fixture();
+    let good = sign(&claims(&f.alice), &f.alice.key);
+    let mut bad_iss = claims(&f.alice);
+    bad_iss.iss = "alice".into();
+    let mut empty_fragment = claims(&f.alice);
+    empty_fragment.iss = format!("{}#", f.alice.did);
+    let mut no_jti = claims(&f.alice);
+    no_jti.jti = None;
+    for header in [
+        String::new(),
+        "Bearer".into(),
+        format!("Basic {good}"),
+        format!("Token {good}"),
+        bearer(""),
+        bearer("not-a-jwt"),
+        bearer(&good.replacen('.', "", 1)),
+        bearer(&format!("{good}.extra")),
+        bearer(&sign(&bad_iss, &f.alice.key)),
+        bearer(&sign(&empty_fragment, &f.alice.key)),
+        bearer(&sign(&no_jti, &f.alice.key)),
+    ] {
+        let result = f.verifier.verify(NSID, Some(&header)).await;
+        assert!(
+            matches!(result, Err(AuthError::Malformed(_))),
+            "{header:?}: {result:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rejects_bad_signatures() {
+    let f = fixture();
+    // A payload changed after signing.
+    let token = sign(&claims(&f.alice), &f.alice.key);
+    let [header, _, signature]: [&str; 3] =
+        token.split('.').collect::<Vec<_>>().try_into().unwrap();
+    let mut forged_claims = claims(&f.alice);
+    forged_claims.lxm = Some(NSID.into());
+    forged_claims.exp += 3600;
+    let forged_payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).unwrap());
+    assert_eq!(
+        f.verify(&format!("{header}.{forged_payload}.{signature}"))
+            .await,
+        Err(AuthError::BadSignature)
+    );
+
+    // Alice's claims signed by another secp256k1 key.
+    let other = PrivateKey::generate(Algorithm::Es256k).unwrap();
+    assert_eq!(
+        f.verify(&sign(&claims(&f.alice), &other)).await,
+        Err(AuthError::BadSignature)
+    );
+
+    // A truncated signature.
+    let token = sign(&claims(&f.alice), &f.alice.key);
+    assert_eq!(
+        f.verify(&token[..token.len() - 2]).await,
+        Err(AuthError::BadSignature)
+    );
+
+    // Alice's claims signed by a P-256 key: the algorithm does not match her key.
+    let other = PrivateKey::generate(Algorithm::Es256).unwrap();
+    assert_eq!(
+        f.verify(&sign(&claims(&f.alice), &other)).await,
+        Err(AuthError::UnsupportedAlgorithm)
+    );
+}
+
+#[tokio::test]
+async fn rejects_the_wrong_audience() {
+    let f = fixture();
+    let mut claims = claims(&f.alice);
+    claims.aud = "did:web:other.test".into();
+    assert_eq!(
+        f.verify_claims(&claims).await,
+        Err(AuthError::WrongAudience)
+    );
+}
+
+#[tokio::test]
+async fn rejects_expired_tokens() {
+    let f = fixture();
+    let mut claims = claims(&f.alice);
+    claims.iat = Some(claims.exp - 600);
+    claims.exp -= 200; // 140 s ago: past the 60 s skew allowance
+    assert_eq!(f.verify_claims(&claims).await, Err(AuthError::Expired));
+}
+
+#[tokio::test]
+async fn tolerates_clock_skew_but_not_more() {
+    let f = fixture();
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = claims(&f.alice);
+    claims.exp = now - 30;
+    claims.iat = Some(now + 30);
+    assert!(f.verify_claims(&claims).await.is_ok());
+}
+
+#[tokio::test]
+async fn rejects_tokens_issued_in_the_future() {
+    let f = fixture();
+    let mut claims = claims(&f.alice);
+    claims.iat = Some(claims.iat.unwrap() + 300);
+    claims.exp += 300;
+    assert_eq!(
+        f.verify_claims(&claims).await,
+        Err(AuthError::IssuedInFuture)
+    );
+
+    let mut claims = self::claims(&f.alice);
+    claims.nbf = Some(claims.exp + 300);
+    claims.exp += 600;
+    assert_eq!(f.verify_claims(&claims).await, Err(AuthError::NotYetValid));
+}
+
+#[tokio::test]
+async fn rejects_tokens_for_another_method() {
+    let f = fixture();
+    let token = mint_token(
+        &f.alice,
+        &service(),
+        "blue.catbird.mls.sendMessage",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        f.verify(&token).await,
+        Err(AuthError::WrongMethod {
+            expected: NSID.into(),
+            got: Some("blue.catbird.mls.sendMessage".into())
+        })
+    );
+    let mut claims = claims(&f.alice);
+    claims.lxm = None;
+    assert_eq!(
+        f.verify_claims(&claims).await,
+        Err(AuthError::WrongMethod {
+            expected: NSID.into(),
+            got: None
+        })
+    );
+}
+
+#[tokio::test]
+async fn rejects_a_replayed_token() {
+    let f = fixture();
+    let token = mint_token(&f.alice, &service(), NSID, Duration::from_secs(60));
+    assert!(f.verify(&token).await.is_ok());
+    assert_eq!(f.verify(&token).await, Err(AuthError::Replayed));
+    // The same jti from someone else is theirs, not a replay.
+    let mut theirs = claims(&f.bob);
+    theirs.jti = crate::auth::jwt::parse(&token).unwrap().claims.jti;
+    assert!(f.verify(&sign(&theirs, &f.bob.key)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_forged_token_does_not_use_up_a_jti() {
+    let f = fixture();
+    let claims = claims(&f.alice);
+    let other = PrivateKey::generate(Algorithm::Es256k).unwrap();
+    assert_eq!(
+        f.verify(&sign(&claims, &other)).await,
+        Err(AuthError::BadSignature)
+    );
+    assert!(f.verify_claims(&claims).await.is_ok());
+}
+
+#[tokio::test]
+async fn rejects_access_refresh_and_dpop_tokens() {
+    let f = fixture();
+    for typ in ["at+jwt", "refresh+jwt", "dpop+jwt"] {
+        let header = Header {
+            alg: "ES256K".into(),
+            typ: Some(typ.into()),
+        };
+        let token = sign_with_header(&header, &claims(&f.alice), &f.alice.key);
+        assert_eq!(
+            f.verify(&token).await,
+            Err(AuthError::ForbiddenTokenType(typ.into()))
+        );
+    }
+}
+
+#[tokio::test]
+async fn rejects_other_algorithms() {
+    let f = fixture();
+    let claims = claims(&f.alice);
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap());
+    for alg in ["none", "HS256"] {
+        let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#));
+        for signature in ["", "c2lnbmF0dXJl"] {
+            let token = format!("{header}.{payload}.{signature}");
+            assert_eq!(
+                f.verify(&token).await,
+                Err(AuthError::UnsupportedAlgorithm),
+                "{alg}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rejects_an_unresolvable_did() {
+    let f = fixture();
+    let stranger = LocalIdentity {
+        did: Did::new("did:plc:notinthedirectory").unwrap(),
+        handle: None,
+        key: PrivateKey::generate(Algorithm::Es256k).unwrap(),
+    };
+    let token = mint_token(&stranger, &service(), NSID, Duration::from_secs(60));
+    assert!(matches!(
+        f.verify(&token).await,
+        Err(AuthError::UnresolvableDid(_))
+    ));
+}
+
+/// Serves a stale document from its "cache" and the current one on refresh,
+/// like a [`crate::auth::NetworkResolver`] after the issuer rotated its key.
+struct RotatedResolver {
+    stale: crate::auth::DidDocument,
+    current: crate::auth::DidDocument,
+}
+
+impl crate::auth::DidResolver for RotatedResolver {
+    async fn resolve(&self, _did: &Did) -> Result<crate::auth::DidDocument, AuthError> {
+        Ok(self.stale.clone())
+    }
+
+    async fn refresh(&self, _did: &Did) -> Result<crate::auth::DidDocument, AuthError> {
+        Ok(self.current.clone())
+    }
+}
+
+#[tokio::test]
+async fn picks_up_a_rotated_key() {
+    let dir = TestDir::new("rotation");
+    let alice = create_identity(dir.path(), "alice", Algorithm::Es256k).unwrap();
+    let read = |did: &Did| {
+        let path = dir.path().join(crate::auth::did::file_name(did));
+        serde_json::from_slice::<crate::auth::DidDocument>(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let stale = read(&alice.did);
+    // Rotate to a P-256 key: same DID, new document.
+    let rotated_key = PrivateKey::generate(Algorithm::Es256).unwrap();
+    let mut current = stale.clone();
+    current.verification_method[0].public_key_multibase =
+        Some(rotated_key.public_key().to_multikey());
+    let verifier = Verifier::new(
+        service(),
+        RotatedResolver { stale, current },
+        MemoryReplayStore::new(),
+    );
+
+    let rotated = LocalIdentity {
+        key: rotated_key,
+        ..alice.clone()
+    };
+    let token = mint_token(&rotated, &service(), NSID, Duration::from_secs(60));
+    assert!(verifier.verify(NSID, Some(&bearer(&token))).await.is_ok());
+
+    let other = LocalIdentity {
+        key: PrivateKey::generate(Algorithm::Es256).unwrap(),
+        ..alice
+    };
+    let token = mint_token(&other, &service(), NSID, Duration::from_secs(60));
+    assert_eq!(
+        verifier.verify(NSID, Some(&bearer(&token))).await,
+        Err(AuthError::BadSignature)
+    );
+}

@@ -1,0 +1,109 @@
+//! Configuration from flags and environment. Every setting has a flag, an
+//! environment variable and, where one is sensible, a default for local runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::keypackages::KeyPackageLimits;
+
+/// A setting that cannot work, named by its flag.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// How DID documents are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DidResolution {
+    /// The PLC directory and did:web over HTTPS, cached (production).
+    Network,
+    /// A directory of DID documents (local runs and tests).
+    Directory,
+}
+
+/// Settings of `catbird-mls serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "CATBIRD_BIND", default_value = "127.0.0.1:2583")]
+    pub bind: SocketAddr,
+    /// PostgreSQL connection URL.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Maximum connections in the database pool.
+    #[arg(long, env = "CATBIRD_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// This service's DID: the `aud` every service-auth token must carry.
+    #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = "did:web:localhost")]
+    pub service_did: String,
+    /// Where DID documents come from.
+    #[arg(
+        long,
+        env = "CATBIRD_DID_RESOLUTION",
+        value_enum,
+        default_value = "directory"
+    )]
+    pub did_resolution: DidResolution,
+    /// The DID document directory (with `--did-resolution directory`).
+    #[arg(
+        long,
+        env = "CATBIRD_DID_DIRECTORY",
+        default_value = "target/local/dids"
+    )]
+    pub did_directory: PathBuf,
+    /// PLC directory base URL (with `--did-resolution network`).
+    #[arg(long, env = "CATBIRD_PLC_URL", default_value = "https://plc.directory")]
+    pub plc_url: String,
+    /// Largest accepted request body, in bytes. An addMembers call carries a
+    /// commit, a Welcome and a GroupInfo of up to 4 MiB each, as JSON.
+    #[arg(long, env = "CATBIRD_MAX_BODY_BYTES", default_value_t = 24 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM, in seconds.
+    #[arg(long, env = "CATBIRD_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
+    pub shutdown_grace_seconds: u64,
+    /// How many unused KeyPackages getKeyPackageStatus tells a device to keep.
+    #[arg(long, env = "CATBIRD_KEY_PACKAGE_TARGET", default_value_t = 50)]
+    pub key_package_target: u32,
+    /// Below this many unused KeyPackages a device is told to replenish.
+    #[arg(long, env = "CATBIRD_KEY_PACKAGE_LOW_WATER", default_value_t = 10)]
+    pub key_package_low_water: u32,
+    /// Most unused KeyPackages stored per device and cipher suite (at least
+    /// twice the target, as the lexicon promises).
+    #[arg(
+        long,
+        env = "CATBIRD_KEY_PACKAGE_MAX_PER_DEVICE",
+        default_value_t = 200
+    )]
+    pub key_package_max_per_device: u32,
+    /// How often expired token ids and KeyPackages are deleted, in seconds.
+    #[arg(long, env = "CATBIRD_CLEANUP_INTERVAL_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cleanup_interval_seconds: u64,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "CATBIRD_LOG_JSON", default_value_t = false)]
+    pub log_json: bool,
+}
+
+impl ServeConfig {
+    /// The KeyPackage limits, checked against each other.
+    pub fn key_package_limits(&self) -> Result<KeyPackageLimits, ConfigError> {
+        if self.key_package_max_per_device < self.key_package_target.saturating_mul(2) {
+            return Err(ConfigError(format!(
+                "--key-package-max-per-device ({}) must be at least twice --key-package-target ({})",
+                self.key_package_max_per_device, self.key_package_target
+            )));
+        }
+        if self.key_package_low_water > self.key_package_target {
+            return Err(ConfigError(format!(
+                "--key-package-low-water ({}) must not exceed --key-package-target ({})",
+                self.key_package_low_water, self.key_package_target
+            )));
+        }
+        Ok(KeyPackageLimits {
+            target_count: self.key_package_target,
+            low_water: self.key_package_low_water,
+            max_unused_per_device: self.key_package_max_per_device,
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The one place typed errors become XRPC errors.
+//!
+//! Handlers and hooks return typed errors (`AuthError`, ...); the `From`
+//! impls here decide the status, the error name and what the caller may be
+//! told. Anything that could carry internals (database errors, network
+//! failures, file paths) is logged here and replaced by a generic message.
+
+use catbird_generated::runtime::DeclaredError;
+use catbird_generated::runtime::xrpc::http::StatusCode;
+use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
+
+use crate::auth::AuthError;
+
+/// Why a method failed. Each variant that is a lexicon error carries the
+/// message for the caller; [`ServiceError::Database`] and
+/// [`ServiceError::Internal`] carry causes for the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    InvalidKeyPackage(String),
+    #[error("{0}")]
+    UnsupportedCipherSuite(String),
+    #[error("{0}")]
+    TooManyKeyPackages(String),
+    #[error("{0}")]
+    NoKeyPackages(String),
+    #[error("{0}")]
+    InvalidDevice(String),
+    #[error("{0}")]
+    ConvoNotFound(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// The lexicon error name and the status the service answers it with,
+    /// or `None` for our own failures.
+    fn name_and_status(&self) -> Option<(&'static str, StatusCode)> {
+        Some(match self {
+            Self::InvalidKeyPackage(_) => ("InvalidKeyPackage", StatusCode::BAD_REQUEST),
+            Self::UnsupportedCipherSuite(_) => ("UnsupportedCipherSuite", StatusCode::BAD_REQUEST),
+            Self::TooManyKeyPackages(_) => ("TooManyKeyPackages", StatusCode::BAD_REQUEST),
+            Self::NoKeyPackages(_) => ("NoKeyPackages", StatusCode::NOT_FOUND),
+            Self::InvalidDevice(_) => ("InvalidDevice", StatusCode::BAD_REQUEST),
+            Self::ConvoNotFound(_) => ("ConvoNotFound", StatusCode::NOT_FOUND),
+            Self::Database(_) | Self::Internal(_) => return None,
+        })
+    }
+}
+
+impl<E: DeclaredError> From<ServiceError> for MethodError<E> {
+    /// A lexicon error becomes the method's declared error of that name,
+    /// with the status chosen above. Our own failures become a 500 whose
+    /// cause is only logged.
+    fn from(error: ServiceError) -> Self {
+        let Some((name, status)) = error.name_and_status() else {
+            return XrpcError::internal(&error).into();
+        };
+        match E::from_name(name) {
+            Some(declared) => {
+                MethodError::declared(declared, error.to_string()).with_status(status)
+            }
+            // A method returning an error its lexicon does not declare is
+            // our bug, but the caller still gets the same name and status.
+            None => {
+                tracing::warn!(error = name, "error not declared by the method's lexicon");
+                XrpcError::new(status, name, error.to_string()).into()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for XrpcError {
+    /// No credentials -> 401 `AuthenticationRequired`; bad credentials ->
+    /// 401 `InvalidToken` with a message naming the problem; our own failure
+    /// -> 500.
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Missing => XrpcError::authentication_required(error.to_string()),
+            // The cause (a path, a network error) is in the verifier's log.
+            AuthError::UnresolvableDid(_) => {
+                XrpcError::invalid_token("could not resolve the token issuer's DID document")
+            }
+            AuthError::Internal(cause) => XrpcError::internal(&cause),
+            AuthError::Malformed(_)
+            | AuthError::UnsupportedAlgorithm
+            | AuthError::BadSignature
+            | AuthError::WrongAudience
+            | AuthError::Expired
+            | AuthError::NotYetValid
+            | AuthError::IssuedInFuture
+            | AuthError::WrongMethod { .. }
+            | AuthError::Replayed
+            | AuthError::ForbiddenTokenType(_)
+            | AuthError::NoSigningKey => XrpcError::invalid_token(error.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use catbird_generated::runtime::xrpc::http::StatusCode;
+    use catbird_generated::runtime::xrpc::http::header::WWW_AUTHENTICATE;
+
+    use super::*;
+
+    #[test]
+    fn auth_errors_become_401s_without_internals() {
+        let missing = XrpcError::from(AuthError::Missing);
+        assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(missing.error(), "AuthenticationRequired");
+        assert!(missing.headers().contains_key(WWW_AUTHENTICATE));
+
+        let expired = XrpcError::from(AuthError::Expired);
+        assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(expired.error(), "InvalidToken");
+        assert_eq!(expired.message(), "token expired");
+
+        let wrong = XrpcError::from(AuthError::WrongMethod {
+            expected: "a.b.c".into(),
+            got: Some("a.b.d".into()),
+        });
+        assert_eq!(wrong.message(), "token is for method a.b.d, not a.b.c");
+
+        let unresolvable =
+            XrpcError::from(AuthError::UnresolvableDid("/secret/path: ENOENT".into()));
+        assert_eq!(unresolvable.error(), "InvalidToken");
+        assert!(!unresolvable.message().contains("secret"));
+
+        let internal = XrpcError::from(AuthError::Internal("pool timed out at 10.0.0.1".into()));
+        assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!internal.message().contains("10.0.0.1"));
+    }
+}

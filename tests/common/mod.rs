@@ -1,0 +1,156 @@
+//! The service test harness: a real server on a random loopback port, over
+//! the per-test PostgreSQL database that `#[sqlx::test]` creates on the
+//! cluster started by `scripts/pg-start`, with DID documents in a temporary
+//! directory and real service-auth tokens.
+
+#![allow(dead_code)] // Each test binary uses a different part.
+
+pub mod mls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use catbird_generated::lexicons::blue::catbird::mls::Client;
+use catbird_generated::runtime::Did;
+use catbird_generated::runtime::xrpc::{XrpcClient, reqwest};
+use catbird_mls::app::{self, AppState};
+use catbird_mls::auth::{self, Algorithm, LocalIdentity};
+use catbird_mls::config::ServeConfig;
+use clap::Parser;
+use sqlx::PgPool;
+
+/// The `aud` of every token in the tests.
+pub const SERVICE_DID: &str = "did:web:mls.catbird.test";
+
+/// `ServeConfig` from flags, so tests get the real defaults.
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    serve: ServeConfig,
+}
+
+/// The settings a test server runs with, before a test adjusts them.
+pub fn test_config(did_directory: &Path) -> ServeConfig {
+    let directory = did_directory.to_str().expect("temporary paths are UTF-8");
+    Flags::try_parse_from([
+        "catbird-mls",
+        "--database-url=postgres://unused",
+        "--did-resolution=directory",
+        &format!("--did-directory={directory}"),
+        &format!("--service-did={SERVICE_DID}"),
+    ])
+    .expect("the test flags parse")
+    .serve
+}
+
+/// A running service.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub pool: PgPool,
+    pub state: Arc<AppState>,
+    dids: TempDir,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl TestApp {
+    /// Starts the service on `pool` with the default settings.
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, |_| {}).await
+    }
+
+    /// Starts the service after `adjust` has changed the settings.
+    pub async fn spawn_with(pool: PgPool, adjust: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dids = TempDir::new("dids");
+        let mut config = test_config(dids.path());
+        adjust(&mut config);
+        let state = Arc::new(AppState::new(&config, pool.clone()).expect("test configuration"));
+        let router = app::router(state.clone(), config.max_body_bytes);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("test server");
+        });
+        Self {
+            address,
+            pool,
+            state,
+            dids,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// The directory the service resolves DIDs from.
+    pub fn did_directory(&self) -> &Path {
+        self.dids.path()
+    }
+
+    /// A new user with an ES256K key, resolvable by the service.
+    pub fn user(&self, name: &str) -> LocalIdentity {
+        self.user_with(name, Algorithm::Es256k)
+    }
+
+    pub fn user_with(&self, name: &str, algorithm: Algorithm) -> LocalIdentity {
+        auth::create_identity(self.dids.path(), name, algorithm).expect("creating an identity")
+    }
+
+    /// A fresh token of `user` for one method.
+    pub fn token(&self, user: &LocalIdentity, nsid: &str) -> String {
+        let audience = Did::new(SERVICE_DID).unwrap();
+        auth::mint_token(user, &audience, nsid, Duration::from_secs(60))
+    }
+
+    /// The generated client, acting as `user` (a fresh token per call).
+    pub fn client(&self, user: &LocalIdentity) -> Client {
+        let user = user.clone();
+        let audience = Did::new(SERVICE_DID).unwrap();
+        let xrpc = XrpcClient::new(self.url("")).with_token_source(move |nsid| {
+            Some(auth::mint_token(&user, &audience, nsid, Duration::from_secs(60)))
+        });
+        Client::new(xrpc)
+    }
+
+    /// A plain HTTP client, for exact status, header and body checks.
+    pub fn http(&self) -> reqwest::Client {
+        reqwest::Client::new()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// A unique temporary directory, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "catbird-test-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temporary directory");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
