@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use catbird_generated::lexicons::blue::catbird::mls::publish_key_package;
 use catbird_mls::config::ServeConfig;
-use catbird_mls::{app, db, maintenance, telemetry};
+use catbird_mls::device::DeviceId;
+use catbird_mls::{app, db, keypackages, maintenance, mls_crypto, telemetry};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -59,6 +61,23 @@ enum Command {
         )]
         did_directory: PathBuf,
     },
+    /// Print the JSON body of a publishKeyPackage call carrying a fresh
+    /// KeyPackage of a device of a local identity, for trying the directory
+    /// with curl. Its private keys are discarded: it can be published and
+    /// fetched, never used to join a group.
+    KeyPackage {
+        /// The identity's DID.
+        did: String,
+        /// The device name: the credential is `<did>#<device>`.
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// The cipher suite, by its RFC 9420 name.
+        #[arg(long, default_value = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519")]
+        cipher_suite: String,
+        /// Make it a last-resort KeyPackage.
+        #[arg(long)]
+        last_resort: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -85,6 +104,12 @@ async fn main() -> std::process::ExitCode {
                 .map_err(Into::into)
                 .and_then(|identity| print_line(identity.did.as_str()))
         }
+        Command::KeyPackage {
+            did,
+            device,
+            cipher_suite,
+            last_resort,
+        } => key_package(&did, &device, &cipher_suite, last_resort),
         Command::Token {
             did,
             method,
@@ -119,6 +144,21 @@ fn token(
     let identity = auth::load_identity(directory, &Did::new(did)?)?;
     let audience = Did::new(service_did)?;
     print_line(&auth::mint_token(&identity, &audience, method, lifetime))
+}
+
+fn key_package(
+    did: &str,
+    device: &str,
+    cipher_suite: &str,
+    last_resort: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let device = DeviceId::parse(&format!("{did}#{device}"))?;
+    let suite = mls_crypto::requested_cipher_suite(cipher_suite)?;
+    let body = publish_key_package::Input {
+        key_package: keypackages::throwaway_key_package(&device, &suite, last_resort)?.into(),
+        idempotency_key: None,
+    };
+    print_line(&serde_json::to_string(&body)?)
 }
 
 /// The tools print their result on stdout, for shell use.

@@ -36,12 +36,7 @@ pub fn lexicon_cipher_suite(suite: Ciphersuite) -> Result<CipherSuite, ServiceEr
         .iter()
         .find(|(_, mls)| *mls == suite)
         .map(|(lexicon, _)| lexicon.clone())
-        .ok_or_else(|| {
-            ServiceError::UnsupportedCipherSuite(format!(
-                "cipher suite {suite:?} is not supported; supported: {}",
-                supported_names()
-            ))
-        })
+        .ok_or_else(|| unsupported(&format!("{suite:?}")))
 }
 
 /// A cipher suite named in a request, checked to be supported.
@@ -50,12 +45,23 @@ pub fn requested_cipher_suite(name: &str) -> Result<CipherSuite, ServiceError> {
         .iter()
         .find(|(lexicon, _)| lexicon.as_str() == name)
         .map(|(lexicon, _)| lexicon.clone())
-        .ok_or_else(|| {
-            ServiceError::UnsupportedCipherSuite(format!(
-                "cipher suite {name:?} is not supported; supported: {}",
-                supported_names()
-            ))
-        })
+        .ok_or_else(|| unsupported(name))
+}
+
+/// The OpenMLS cipher suite of a supported lexicon value.
+pub fn openmls_cipher_suite(suite: &CipherSuite) -> Result<Ciphersuite, ServiceError> {
+    SUPPORTED
+        .iter()
+        .find(|(lexicon, _)| lexicon == suite)
+        .map(|(_, mls)| *mls)
+        .ok_or_else(|| unsupported(suite.as_str()))
+}
+
+fn unsupported(name: &str) -> ServiceError {
+    ServiceError::UnsupportedCipherSuite(format!(
+        "cipher suite {name} is not supported; supported: {}",
+        supported_names()
+    ))
 }
 
 fn supported_names() -> String {

@@ -1,6 +1,7 @@
 //! Logs and metrics: structured request logs with tracing, Prometheus
 //! metrics (requests by method and status, latency, pool use).
 
+use std::io::IsTerminal as _;
 use std::time::Instant;
 
 use axum::extract::Request;
@@ -13,7 +14,10 @@ use tracing_subscriber::EnvFilter;
 /// Installs the tracing subscriber; `RUST_LOG` filters (default `info`).
 pub fn init_logging(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // A second init (tests start several servers) keeps the first subscriber.
     let _ = if json {
         builder.json().try_init()

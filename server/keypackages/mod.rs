@@ -3,6 +3,7 @@
 //! out once, except a device's last-resort one, which stands in while the
 //! device has nothing else.
 
+mod local;
 mod store;
 mod validate;
 
@@ -18,6 +19,7 @@ use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto as mls;
 
+pub use local::throwaway_key_package;
 pub use store::delete_expired_unused;
 pub use validate::{ValidKeyPackage, validate};
 

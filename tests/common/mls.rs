@@ -4,7 +4,8 @@
 use catbird_generated::runtime::{Bytes, Did};
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, KeyPackageBuilder, MlsMessageOut,
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage,
+    KeyPackageBuilder, MlsMessageOut,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -56,12 +57,27 @@ impl Device {
     }
 
     /// A KeyPackage from a builder the test adjusts (lifetime, extensions).
-    pub fn key_package_with(&self, adjust: impl FnOnce(KeyPackageBuilder) -> KeyPackageBuilder) -> Bytes {
-        let bundle = adjust(KeyPackage::builder())
-            .build(self.suite, &self.provider, &self.signer, self.credential.clone())
+    pub fn key_package_with(
+        &self,
+        adjust: impl FnOnce(KeyPackageBuilder) -> KeyPackageBuilder,
+    ) -> Bytes {
+        let builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+        let bundle = adjust(builder)
+            .build(
+                self.suite,
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
             .expect("building a KeyPackage");
         Bytes(message(bundle.key_package().clone()))
     }
+}
+
+/// What the test devices support beyond the defaults: the last_resort
+/// extension (a KeyPackage may only carry extensions its leaf supports).
+pub fn capabilities() -> Capabilities {
+    Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
 }
 
 /// The MLSMessage (wire format mls_key_package) of a KeyPackage.

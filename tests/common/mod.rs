@@ -111,7 +111,12 @@ impl TestApp {
         let user = user.clone();
         let audience = Did::new(SERVICE_DID).unwrap();
         let xrpc = XrpcClient::new(self.url("")).with_token_source(move |nsid| {
-            Some(auth::mint_token(&user, &audience, nsid, Duration::from_secs(60)))
+            Some(auth::mint_token(
+                &user,
+                &audience,
+                nsid,
+                Duration::from_secs(60),
+            ))
         });
         Client::new(xrpc)
     }
