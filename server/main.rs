@@ -193,7 +193,8 @@ async fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     tokio::select! {
         result = server => result?,
         () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("grace period over; exiting with requests in flight");
+            // Requests were cut off: say so in the exit status too.
+            return Err("shutdown grace period over with requests still in flight".into());
         }
     }
     tracing::info!("stopped");

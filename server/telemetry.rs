@@ -43,8 +43,13 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("the bucket list is not empty");
             match builder.install_recorder() {
                 Ok(handle) => handle,
-                // Another recorder is installed (tests): keep a private one.
-                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+                // Another recorder is installed (an embedding program):
+                // metrics go there, and /metrics shows only what this
+                // private one gets.
+                Err(error) => {
+                    tracing::warn!(%error, "a metrics recorder is already installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
             }
         })
         .clone()
@@ -54,7 +59,11 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// log line with status and latency, and the request metrics.
 pub async fn observe(request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    let mut method = path.strip_prefix("/xrpc/").unwrap_or(path).to_owned();
+    let mut method = path
+        .strip_prefix("/xrpc/")
+        .or_else(|| path.strip_prefix('/'))
+        .unwrap_or(path)
+        .to_owned();
     let span = tracing::info_span!("request", method = %method, caller = tracing::field::Empty);
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
@@ -81,7 +90,7 @@ pub async fn observe(request: Request, next: Next) -> Response {
 /// The operations endpoints and every lexicon method are labelled by name.
 fn is_known_path(method: &str) -> bool {
     method == "_health"
-        || method == "/metrics"
+        || method == "metrics"
         || catbird_generated::lexicons::blue::catbird::mls::ROUTES
             .iter()
             .any(|route| route.nsid == method)
