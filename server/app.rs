@@ -18,6 +18,7 @@ use catbird_generated::runtime::Did;
 use crate::auth::did::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
 use crate::config::{ConfigError, DidResolution, ServeConfig};
+use crate::convos::ConvoSettings;
 use crate::keypackages::KeyPackageLimits;
 use crate::service::Service;
 use crate::telemetry;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub verifier: Verifier<Resolver, PgReplayStore>,
     pub metrics: PrometheusHandle,
     pub key_packages: KeyPackageLimits,
+    pub convos: ConvoSettings,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             verifier,
             metrics: telemetry::metrics_handle(),
             key_packages,
+            convos: config.convo_settings(),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
+use crate::convos::ConvoSettings;
 use crate::keypackages::KeyPackageLimits;
 
 /// A setting that cannot work, named by its flag.
@@ -76,6 +77,13 @@ pub struct ServeConfig {
         default_value_t = 200
     )]
     pub key_package_max_per_device: u32,
+    /// How long a fetched Welcome can be fetched again before, unconfirmed,
+    /// it counts as consumed, in seconds.
+    #[arg(long, env = "CATBIRD_WELCOME_GRACE_SECONDS", default_value_t = 300)]
+    pub welcome_grace_seconds: u32,
+    /// How long a user whose last device left may still rejoin, in days.
+    #[arg(long, env = "CATBIRD_REJOIN_WINDOW_DAYS", default_value_t = 30)]
+    pub rejoin_window_days: u32,
     /// How often expired token ids and KeyPackages are deleted, in seconds.
     #[arg(long, env = "CATBIRD_CLEANUP_INTERVAL_SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -86,6 +94,14 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// The group lifecycle settings.
+    pub fn convo_settings(&self) -> ConvoSettings {
+        ConvoSettings {
+            welcome_grace: chrono::Duration::seconds(i64::from(self.welcome_grace_seconds)),
+            rejoin_window: chrono::Duration::days(i64::from(self.rejoin_window_days)),
+        }
+    }
+
     /// The KeyPackage limits, checked against each other.
     pub fn key_package_limits(&self) -> Result<KeyPackageLimits, ConfigError> {
         if self.key_package_max_per_device < self.key_package_target.saturating_mul(2) {

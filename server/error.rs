@@ -10,6 +10,7 @@ use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
 
 use crate::auth::AuthError;
+use crate::groups::engine::EngineError;
 
 /// Why a method failed. Each variant that is a lexicon error carries the
 /// message for the caller; [`ServiceError::Database`] and
@@ -25,9 +26,41 @@ pub enum ServiceError {
     #[error("{0}")]
     NoKeyPackages(String),
     #[error("{0}")]
+    KeyPackageNotFound(String),
+    #[error("{0}")]
     InvalidDevice(String),
     #[error("{0}")]
     ConvoNotFound(String),
+    #[error("{0}")]
+    ConvoAlreadyExists(String),
+    #[error("{0}")]
+    NotMember(String),
+    #[error("{0}")]
+    NotAdmin(String),
+    #[error("{0}")]
+    Banned(String),
+    #[error("{0}")]
+    EpochMismatch(String),
+    #[error("{0}")]
+    InvalidCommit(String),
+    #[error("{0}")]
+    InvalidWelcome(String),
+    #[error("{0}")]
+    InvalidGroupInfo(String),
+    #[error("{0}")]
+    InvalidProposal(String),
+    #[error("{0}")]
+    InvalidCiphertext(String),
+    #[error("{0}")]
+    MessageTooLarge(String),
+    #[error("{0}")]
+    DuplicateMessageId(String),
+    #[error("{0}")]
+    WelcomeNotFound(String),
+    #[error("{0}")]
+    WelcomeConsumed(String),
+    #[error("{0}")]
+    InvalidCursor(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -43,10 +76,45 @@ impl ServiceError {
             Self::UnsupportedCipherSuite(_) => ("UnsupportedCipherSuite", StatusCode::BAD_REQUEST),
             Self::TooManyKeyPackages(_) => ("TooManyKeyPackages", StatusCode::BAD_REQUEST),
             Self::NoKeyPackages(_) => ("NoKeyPackages", StatusCode::NOT_FOUND),
+            Self::KeyPackageNotFound(_) => ("KeyPackageNotFound", StatusCode::NOT_FOUND),
             Self::InvalidDevice(_) => ("InvalidDevice", StatusCode::BAD_REQUEST),
             Self::ConvoNotFound(_) => ("ConvoNotFound", StatusCode::NOT_FOUND),
+            Self::ConvoAlreadyExists(_) => ("ConvoAlreadyExists", StatusCode::CONFLICT),
+            Self::NotMember(_) => ("NotMember", StatusCode::FORBIDDEN),
+            Self::NotAdmin(_) => ("NotAdmin", StatusCode::FORBIDDEN),
+            Self::Banned(_) => ("Banned", StatusCode::FORBIDDEN),
+            Self::EpochMismatch(_) => ("EpochMismatch", StatusCode::CONFLICT),
+            Self::InvalidCommit(_) => ("InvalidCommit", StatusCode::BAD_REQUEST),
+            Self::InvalidWelcome(_) => ("InvalidWelcome", StatusCode::BAD_REQUEST),
+            Self::InvalidGroupInfo(_) => ("InvalidGroupInfo", StatusCode::BAD_REQUEST),
+            Self::InvalidProposal(_) => ("InvalidProposal", StatusCode::BAD_REQUEST),
+            Self::InvalidCiphertext(_) => ("InvalidCiphertext", StatusCode::BAD_REQUEST),
+            Self::MessageTooLarge(_) => ("MessageTooLarge", StatusCode::PAYLOAD_TOO_LARGE),
+            Self::DuplicateMessageId(_) => ("DuplicateMessageId", StatusCode::CONFLICT),
+            Self::WelcomeNotFound(_) => ("WelcomeNotFound", StatusCode::NOT_FOUND),
+            Self::WelcomeConsumed(_) => ("WelcomeConsumed", StatusCode::GONE),
+            Self::InvalidCursor(_) => ("InvalidCursor", StatusCode::BAD_REQUEST),
             Self::Database(_) | Self::Internal(_) => return None,
         })
+    }
+}
+
+impl From<EngineError> for ServiceError {
+    /// The MLS engine's refusals, by what was refused. (A wrong-group
+    /// application message is mapped where messages are sent.)
+    fn from(error: EngineError) -> Self {
+        let message = error.to_string();
+        match error {
+            EngineError::InvalidCommit(_) | EngineError::WrongGroup => Self::InvalidCommit(message),
+            EngineError::EpochMismatch { .. } => Self::EpochMismatch(format!(
+                "{message}: another commit was accepted first; read the log with getMessages, process it and retry"
+            )),
+            EngineError::InvalidGroupInfo(_) => Self::InvalidGroupInfo(message),
+            EngineError::InvalidProposal(_) => Self::InvalidProposal(message),
+            EngineError::InvalidCiphertext(_) => Self::InvalidCiphertext(message),
+            EngineError::InvalidWelcome(_) => Self::InvalidWelcome(message),
+            EngineError::Internal(_) => Self::Internal(message),
+        }
     }
 }
 

@@ -12,9 +12,12 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod convos;
 pub mod db;
+pub mod demo;
 pub mod device;
 pub mod error;
+pub mod groups;
 pub mod keypackages;
 pub mod maintenance;
 pub mod mls_crypto;

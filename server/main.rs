@@ -6,7 +6,7 @@ use std::time::Duration;
 use catbird_generated::lexicons::blue::catbird::mls::publish_key_package;
 use catbird_mls::config::ServeConfig;
 use catbird_mls::device::DeviceId;
-use catbird_mls::{app, db, keypackages, maintenance, mls_crypto, telemetry};
+use catbird_mls::{app, db, demo, keypackages, maintenance, mls_crypto, telemetry};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -78,6 +78,24 @@ enum Command {
         #[arg(long)]
         last_resort: bool,
     },
+    /// Run the demo against a running service (`scripts/serve`): new local
+    /// users alice and bob talk in a conversation, bob's phone is lost and
+    /// his new phone rejoins by external commit. One line per step.
+    Demo {
+        /// The service's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:2583")]
+        url: String,
+        /// The DID directory the service resolves DIDs from.
+        #[arg(
+            long,
+            env = "CATBIRD_DID_DIRECTORY",
+            default_value = "target/local/dids"
+        )]
+        did_directory: PathBuf,
+        /// The service DID (the `aud` of the users' tokens).
+        #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = "did:web:localhost")]
+        service_did: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +128,11 @@ async fn main() -> std::process::ExitCode {
             cipher_suite,
             last_resort,
         } => key_package(&did, &device, &cipher_suite, last_resort),
+        Command::Demo {
+            url,
+            did_directory,
+            service_did,
+        } => demo(url, did_directory, &service_did).await,
         Command::Token {
             did,
             method,
@@ -159,6 +182,20 @@ fn key_package(
         idempotency_key: None,
     };
     print_line(&serde_json::to_string(&body)?)
+}
+
+async fn demo(
+    url: String,
+    did_directory: PathBuf,
+    service_did: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let options = demo::story::Options {
+        url,
+        did_directory,
+        service_did: Did::new(service_did)?,
+    };
+    demo::story::run(&options, &mut std::io::stdout()).await?;
+    Ok(())
 }
 
 /// The tools print their result on stdout, for shell use.

@@ -10,12 +10,16 @@ use catbird_generated::lexicons::blue::catbird::mls::{
     get_messages, get_welcome, leave_convo, process_external_commit, publish_key_package,
     publish_key_packages, remove_member, send_message,
 };
+use catbird_generated::runtime::Datetime;
 use catbird_generated::runtime::xrpc::http::header::AUTHORIZATION;
 use catbird_generated::runtime::xrpc::http::request::Parts;
-use catbird_generated::runtime::xrpc::{MethodError, XrpcError, XrpcService};
+use catbird_generated::runtime::xrpc::{XrpcError, XrpcService};
 
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::convos::commits::{self, CommitMethod};
+use crate::convos::{self, create, listing, log, welcomes};
+use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::telemetry;
 use crate::{keypackages, mls_crypto};
@@ -41,70 +45,184 @@ impl XrpcService for Service {
     }
 }
 
-/// The answer of a method that is not built yet: 501, listed in README.md.
-fn not_built<T, E>(nsid: &str) -> Result<T, MethodError<E>> {
-    Err(XrpcError::method_not_implemented(nsid).into())
+impl Service {
+    /// Every commit goes through the one path in `convos::commits`.
+    async fn commit(
+        &self,
+        caller: &Caller,
+        convo_id: &str,
+        method: CommitMethod<'_>,
+        commit: &[u8],
+        group_info: &[u8],
+    ) -> Result<commits::Accepted, ServiceError> {
+        let group_id = convos::group_id(convo_id)?;
+        commits::commit(
+            &self.state.db,
+            &caller.did,
+            &group_id,
+            &self.state.convos,
+            method,
+            commit,
+            group_info,
+        )
+        .await
+    }
+
+    /// The group id of a conversation that exists.
+    async fn existing_convo(&self, convo_id: &str) -> Result<Vec<u8>, ServiceError> {
+        let group_id = convos::group_id(convo_id)?;
+        let mut conn = self.state.db.acquire().await?;
+        convos::require_convo(&mut conn, &group_id).await?;
+        Ok(group_id)
+    }
+}
+
+/// A `deviceId` parameter: a device of the caller's own DID.
+fn own_device(caller: &Caller, device_id: &str) -> Result<DeviceId, ServiceError> {
+    let device =
+        DeviceId::parse(device_id).map_err(|e| ServiceError::InvalidDevice(e.to_string()))?;
+    if device.did() != &caller.did {
+        return Err(ServiceError::InvalidDevice(format!(
+            "{device_id} is not a device of the caller {}",
+            caller.did.as_str()
+        )));
+    }
+    Ok(device)
 }
 
 impl mls::Handler for Service {
     async fn add_members(
         &self,
-        _caller: Caller,
-        _input: add_members::Input,
+        caller: Caller,
+        input: add_members::Input,
     ) -> add_members::Response {
-        not_built(add_members::NSID)
+        let method = CommitMethod::AddMembers {
+            welcome: &input.welcome.0,
+        };
+        let accepted = self
+            .commit(
+                &caller,
+                &input.convo_id,
+                method,
+                &input.commit.0,
+                &input.group_info.0,
+            )
+            .await?;
+        Ok(add_members::Output {
+            epoch: accepted.epoch,
+            seq: accepted.seq,
+        })
     }
 
     async fn commit_group_change(
         &self,
-        _caller: Caller,
-        _input: commit_group_change::Input,
+        caller: Caller,
+        input: commit_group_change::Input,
     ) -> commit_group_change::Response {
-        not_built(commit_group_change::NSID)
+        let accepted = self
+            .commit(
+                &caller,
+                &input.convo_id,
+                CommitMethod::GroupChange,
+                &input.commit.0,
+                &input.group_info.0,
+            )
+            .await?;
+        Ok(commit_group_change::Output {
+            epoch: accepted.epoch,
+            seq: accepted.seq,
+        })
     }
 
     async fn confirm_welcome(
         &self,
-        _caller: Caller,
-        _input: confirm_welcome::Input,
+        caller: Caller,
+        input: confirm_welcome::Input,
     ) -> confirm_welcome::Response {
-        not_built(confirm_welcome::NSID)
+        let device = own_device(&caller, &input.device_id)?;
+        let group_id = self.existing_convo(&input.convo_id).await?;
+        let state = welcomes::confirm(
+            &self.state.db,
+            &group_id,
+            &device,
+            input.success,
+            input.error_details.as_deref(),
+        )
+        .await?;
+        Ok(confirm_welcome::Output { state })
     }
 
     async fn create_convo(
         &self,
-        _caller: Caller,
-        _input: create_convo::Input,
+        caller: Caller,
+        input: create_convo::Input,
     ) -> create_convo::Response {
-        not_built(create_convo::NSID)
+        let convo = create::create(
+            &self.state.db,
+            &caller.did,
+            &input.group_id,
+            &input.cipher_suite,
+            &input.group_info.0,
+            input.metadata.as_ref(),
+        )
+        .await?;
+        Ok(create_convo::Output { convo })
     }
 
-    async fn get_convos(
-        &self,
-        _caller: Caller,
-        _params: get_convos::Params,
-    ) -> get_convos::Response {
-        not_built(get_convos::NSID)
+    async fn get_convos(&self, caller: Caller, params: get_convos::Params) -> get_convos::Response {
+        let (convos, cursor) = listing::convos_of(
+            &self.state.db,
+            &caller.did,
+            params.limit,
+            params.cursor.as_deref(),
+        )
+        .await?;
+        Ok(get_convos::Output { convos, cursor })
     }
 
-    async fn get_epoch(&self, _caller: Caller, _params: get_epoch::Params) -> get_epoch::Response {
-        not_built(get_epoch::NSID)
+    async fn get_epoch(&self, caller: Caller, params: get_epoch::Params) -> get_epoch::Response {
+        let group_id = convos::group_id(&params.convo_id)?;
+        let epoch = log::epoch(&self.state.db, &caller.did, &group_id, &self.state.convos).await?;
+        Ok(get_epoch::Output {
+            convo_id: params.convo_id,
+            epoch,
+        })
     }
 
     async fn get_expected_conversations(
         &self,
-        _caller: Caller,
-        _params: get_expected_conversations::Params,
+        caller: Caller,
+        params: get_expected_conversations::Params,
     ) -> get_expected_conversations::Response {
-        not_built(get_expected_conversations::NSID)
+        let device = own_device(&caller, &params.device_id)?;
+        let (conversations, cursor) = listing::expected(
+            &self.state.db,
+            &caller.did,
+            &device,
+            &self.state.convos,
+            params.limit,
+            params.cursor.as_deref(),
+        )
+        .await?;
+        Ok(get_expected_conversations::Output {
+            conversations,
+            cursor,
+        })
     }
 
     async fn get_group_info(
         &self,
-        _caller: Caller,
-        _params: get_group_info::Params,
+        caller: Caller,
+        params: get_group_info::Params,
     ) -> get_group_info::Response {
-        not_built(get_group_info::NSID)
+        let group_id = convos::group_id(&params.convo_id)?;
+        let (group_info, epoch, expires_at) =
+            listing::group_info(&self.state.db, &caller.did, &group_id, &self.state.convos).await?;
+        Ok(get_group_info::Output {
+            group_info: group_info.into(),
+            epoch,
+            expires_at: expires_at.map(Datetime::from),
+        })
     }
 
     async fn get_key_package_status(
@@ -140,11 +258,20 @@ impl mls::Handler for Service {
         params: get_key_packages::Params,
     ) -> get_key_packages::Response {
         let suite = mls_crypto::requested_cipher_suite(&params.cipher_suite)?;
-        if let Some(convo_id) = params.convo_id {
-            // No conversation exists before the group lifecycle is built.
-            return Err(ServiceError::ConvoNotFound(format!("no conversation {convo_id}")).into());
+        // With a conversation: only for its members, and skipping devices
+        // already in it.
+        let mut skip = Vec::new();
+        if let Some(convo_id) = &params.convo_id {
+            let group_id = convos::group_id(convo_id)?;
+            let mut conn = self.state.db.acquire().await.map_err(ServiceError::from)?;
+            convos::require_convo(&mut conn, &group_id).await?;
+            convos::require_member(&mut conn, &group_id, &caller.did, &self.state.convos).await?;
+            skip = convos::store::current_device_ids(&mut conn, &group_id)
+                .await
+                .map_err(ServiceError::from)?;
         }
-        let fetched = keypackages::fetch(&self.state.db, &caller.did, &params.dids, &suite).await?;
+        let fetched =
+            keypackages::fetch(&self.state.db, &caller.did, &params.dids, &suite, &skip).await?;
         Ok(get_key_packages::Output {
             key_packages: fetched.key_packages,
             missing: fetched.missing,
@@ -153,34 +280,89 @@ impl mls::Handler for Service {
 
     async fn get_messages(
         &self,
-        _caller: Caller,
-        _params: get_messages::Params,
+        caller: Caller,
+        params: get_messages::Params,
     ) -> get_messages::Response {
-        not_built(get_messages::NSID)
+        let group_id = convos::group_id(&params.convo_id)?;
+        let page = log::read(
+            &self.state.db,
+            &caller.did,
+            &group_id,
+            &self.state.convos,
+            params.since_seq,
+            params.limit,
+        )
+        .await?;
+        Ok(get_messages::Output {
+            messages: page.messages,
+            last_seq: page.last_seq,
+            gap_info: page.gap_info,
+        })
     }
 
     async fn get_welcome(
         &self,
-        _caller: Caller,
-        _params: get_welcome::Params,
+        caller: Caller,
+        params: get_welcome::Params,
     ) -> get_welcome::Response {
-        not_built(get_welcome::NSID)
+        let device = own_device(&caller, &params.device_id)?;
+        let group_id = self.existing_convo(&params.convo_id).await?;
+        let fetched = welcomes::fetch(
+            &self.state.db,
+            &group_id,
+            &device,
+            self.state.convos.welcome_grace,
+        )
+        .await?;
+        Ok(get_welcome::Output {
+            convo_id: params.convo_id,
+            welcome: fetched.welcome.into(),
+            state: fetched.state_before,
+            epoch: fetched.epoch,
+            commit_seq: fetched.commit_seq,
+            in_flight_until: Datetime::from(fetched.in_flight_until),
+        })
     }
 
     async fn leave_convo(
         &self,
-        _caller: Caller,
-        _input: leave_convo::Input,
+        caller: Caller,
+        input: leave_convo::Input,
     ) -> leave_convo::Response {
-        not_built(leave_convo::NSID)
+        let group_id = convos::group_id(&input.convo_id)?;
+        let accepted = commits::propose_leave(
+            &self.state.db,
+            &caller.did,
+            &group_id,
+            &self.state.convos,
+            &input.proposal.0,
+        )
+        .await?;
+        Ok(leave_convo::Output {
+            epoch: accepted.epoch,
+            seq: accepted.seq,
+        })
     }
 
     async fn process_external_commit(
         &self,
-        _caller: Caller,
-        _input: process_external_commit::Input,
+        caller: Caller,
+        input: process_external_commit::Input,
     ) -> process_external_commit::Response {
-        not_built(process_external_commit::NSID)
+        let accepted = self
+            .commit(
+                &caller,
+                &input.convo_id,
+                CommitMethod::External,
+                &input.external_commit.0,
+                &input.group_info.0,
+            )
+            .await?;
+        Ok(process_external_commit::Output {
+            epoch: accepted.epoch,
+            seq: accepted.seq,
+            rejoined_at: Datetime::from(accepted.accepted_at),
+        })
     }
 
     async fn publish_key_package(
@@ -212,17 +394,47 @@ impl mls::Handler for Service {
 
     async fn remove_member(
         &self,
-        _caller: Caller,
-        _input: remove_member::Input,
+        caller: Caller,
+        input: remove_member::Input,
     ) -> remove_member::Response {
-        not_built(remove_member::NSID)
+        let method = CommitMethod::RemoveMember {
+            did: &input.did,
+            ban: input.ban,
+        };
+        let accepted = self
+            .commit(
+                &caller,
+                &input.convo_id,
+                method,
+                &input.commit.0,
+                &input.group_info.0,
+            )
+            .await?;
+        Ok(remove_member::Output {
+            epoch: accepted.epoch,
+            seq: accepted.seq,
+        })
     }
 
     async fn send_message(
         &self,
-        _caller: Caller,
-        _input: send_message::Input,
+        caller: Caller,
+        input: send_message::Input,
     ) -> send_message::Response {
-        not_built(send_message::NSID)
+        let group_id = convos::group_id(&input.convo_id)?;
+        let sent = log::send(
+            &self.state.db,
+            &caller.did,
+            &group_id,
+            &self.state.convos,
+            &input,
+        )
+        .await?;
+        Ok(send_message::Output {
+            message_id: input.msg_id,
+            received_at: Datetime::from(sent.received_at),
+            seq: sent.seq,
+            epoch: sent.epoch,
+        })
     }
 }

@@ -117,11 +117,13 @@ pub struct Fetched {
 
 /// Hands out one KeyPackage per device of each user in `dids` (duplicates
 /// ignored): an unused one if the device has any, else its last-resort one.
+/// Devices in `skip` (already in the conversation) are left alone.
 pub async fn fetch(
     db: &PgPool,
     caller: &Did,
     dids: &[Did],
     cipher_suite: &CipherSuite,
+    skip: &[String],
 ) -> Result<Fetched, ServiceError> {
     let mut requested: Vec<String> = Vec::with_capacity(dids.len());
     for did in dids {
@@ -135,7 +137,8 @@ pub async fn fetch(
     let now = chrono::Utc::now();
 
     let mut tx = db.begin().await?;
-    let devices = store::devices(&mut tx, &requested, suite).await?;
+    let mut devices = store::devices(&mut tx, &requested, suite).await?;
+    devices.retain(|(_, device)| !skip.contains(device));
     let device_ids: Vec<String> = devices.iter().map(|(_, device)| device.clone()).collect();
     let mut handed_out = store::take_unused(&mut tx, &device_ids, suite, caller, now).await?;
     let served: HashSet<&str> = handed_out.iter().map(|p| p.device_id.as_str()).collect();

@@ -1,0 +1,364 @@
+//! Every commit, and leaveConvo's proposal. One transaction each, with the
+//! conversation row locked: resubmission check, access policy, MLS
+//! validation and merge (the engine), the method's own rules, then the log
+//! entry, the epoch, members, KeyPackages and Welcomes together.
+
+use std::collections::BTreeSet;
+
+use catbird_generated::runtime::Did;
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::{ConvoSettings, Standing, require_rejoin_access, sha256, standing, store, welcomes};
+use crate::error::ServiceError;
+use crate::groups::engine::{self, CommitOutcome, CommittedProposal, ProposalKind};
+use crate::mls_crypto;
+
+/// Which method a commit came through: each allows different changes.
+pub enum CommitMethod<'a> {
+    /// addMembers: Adds only, with the Welcome for the added devices.
+    AddMembers { welcome: &'a [u8] },
+    /// commitGroupChange: updates, and removals only as proposed with
+    /// leaveConvo in this epoch.
+    GroupChange,
+    /// removeMember: removals of `did`'s devices only.
+    RemoveMember { did: &'a Did, ban: bool },
+    /// processExternalCommit: the caller's device (re)joins.
+    External,
+}
+
+/// An accepted commit (or proposal).
+pub struct Accepted {
+    pub epoch: i64,
+    pub seq: i64,
+    pub accepted_at: DateTime<Utc>,
+}
+
+pub async fn commit(
+    db: &PgPool,
+    caller: &Did,
+    group_id: &[u8],
+    settings: &ConvoSettings,
+    method: CommitMethod<'_>,
+    commit: &[u8],
+    group_info: &[u8],
+) -> Result<Accepted, ServiceError> {
+    let hash = sha256(commit);
+    let mut tx = db.begin().await?;
+    let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
+        ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
+    })?;
+    if let Some(previous) = store::find_handshake(&mut tx, group_id, &hash).await? {
+        // The same commit again: its original result.
+        return Ok(Accepted {
+            epoch: previous.epoch + 1,
+            seq: previous.seq,
+            accepted_at: previous.created_at,
+        });
+    }
+    let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
+
+    let outcome = engine::apply_commit(&convo.state, group_id, commit, group_info, caller)?;
+    check_method_rules(
+        &mut tx, group_id, caller, is_admin, &convo, &method, &outcome,
+    )
+    .await?;
+
+    let seq = convo.last_seq + 1;
+    let new_epoch = i64::try_from(outcome.epoch)
+        .map_err(|_| ServiceError::InvalidCommit("the epoch is out of range".into()))?;
+    let id = format!("commit-{}", mls_crypto::to_hex(&hash[..16]));
+    let entry = store::NewEntry {
+        seq,
+        id: &id,
+        epoch: convo.epoch,
+        kind: "commit",
+        payload: commit,
+        payload_hash: &hash,
+        sender: Some(caller.as_str()),
+        proposed_removal: None,
+    };
+    let accepted_at = store::append(&mut tx, group_id, &entry).await?;
+    let advanced = store::advance(
+        &mut tx,
+        group_id,
+        convo.epoch,
+        new_epoch,
+        seq,
+        &outcome.state,
+        group_info,
+    )
+    .await?;
+    if !advanced {
+        return Err(ServiceError::Internal(
+            "the epoch moved under the conversation lock".into(),
+        ));
+    }
+    store::sync_members(&mut tx, group_id, &outcome.members, seq).await?;
+    apply_side_effects(&mut tx, group_id, &method, &outcome, new_epoch, seq).await?;
+    tx.commit().await?;
+    Ok(Accepted {
+        epoch: new_epoch,
+        seq,
+        accepted_at,
+    })
+}
+
+/// Who may commit through `method`; returns whether the caller is an admin.
+async fn check_access(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    caller: &Did,
+    settings: &ConvoSettings,
+    method: &CommitMethod<'_>,
+) -> Result<bool, ServiceError> {
+    if let CommitMethod::External = method {
+        require_rejoin_access(tx, group_id, caller, settings).await?;
+        return Ok(false);
+    }
+    match standing(tx, group_id, caller, settings).await? {
+        Standing::Current { is_admin, .. } => Ok(is_admin),
+        _ => Err(ServiceError::NotMember(format!(
+            "{} has no device in this conversation",
+            caller.as_str()
+        ))),
+    }
+}
+
+fn invalid(why: impl Into<String>) -> ServiceError {
+    ServiceError::InvalidCommit(why.into())
+}
+
+/// The changes each method may make, beyond what MLS itself allows.
+async fn check_method_rules(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    caller: &Did,
+    is_admin: bool,
+    convo: &store::Locked,
+    method: &CommitMethod<'_>,
+    outcome: &CommitOutcome,
+) -> Result<(), ServiceError> {
+    let external = matches!(method, CommitMethod::External);
+    if outcome.external != external {
+        return Err(invalid(if external {
+            "processExternalCommit takes an external commit"
+        } else {
+            "an external commit goes through processExternalCommit"
+        }));
+    }
+    match method {
+        CommitMethod::AddMembers { welcome } => {
+            only_proposals(outcome, "addMembers", |p| p.kind == ProposalKind::Add)?;
+            if outcome.added.is_empty() {
+                return Err(invalid("an addMembers commit adds devices"));
+            }
+            let suite = mls_crypto::requested_cipher_suite(&convo.cipher_suite)?;
+            let named: BTreeSet<Vec<u8>> = engine::welcome_recipients(welcome, &suite)?
+                .into_iter()
+                .collect();
+            let added: BTreeSet<Vec<u8>> = outcome
+                .added
+                .iter()
+                .map(|a| a.key_package_ref.clone())
+                .collect();
+            if named != added {
+                return Err(ServiceError::InvalidWelcome(
+                    "the Welcome must name exactly the KeyPackages the commit adds".into(),
+                ));
+            }
+            for added in &outcome.added {
+                let did = added.device.did();
+                let banned = store::user(tx, group_id, did.as_str())
+                    .await?
+                    .is_some_and(|u| u.banned_at.is_some());
+                if banned && !is_admin {
+                    return Err(ServiceError::Banned(format!(
+                        "{} is banned from this conversation; only an admin may add them back",
+                        did.as_str()
+                    )));
+                }
+                if store::use_key_package(tx, &added.key_package_ref, group_id)
+                    .await?
+                    .is_none()
+                {
+                    return Err(ServiceError::KeyPackageNotFound(format!(
+                        "the KeyPackage {} of {} was not published here, has expired, or was already used",
+                        mls_crypto::to_hex(&added.key_package_ref),
+                        added.device
+                    )));
+                }
+            }
+        }
+        CommitMethod::GroupChange => {
+            // Updates, and removals only by reference to logged proposals.
+            only_proposals(outcome, "commitGroupChange", |p| match p.kind {
+                ProposalKind::Update => true,
+                ProposalKind::Remove | ProposalKind::SelfRemove => p.by_reference,
+                _ => false,
+            })?;
+            let proposed = store::proposed_removals(tx, group_id, convo.epoch).await?;
+            for removed in &outcome.removed {
+                if !proposed.contains(&(removed.leaf_index as i32)) {
+                    return Err(invalid(format!(
+                        "leaf {} was not proposed for removal with leaveConvo in this epoch; remove devices with removeMember",
+                        removed.leaf_index
+                    )));
+                }
+            }
+        }
+        CommitMethod::RemoveMember { did, ban } => {
+            only_proposals(outcome, "removeMember", |p| p.kind == ProposalKind::Remove)?;
+            if outcome.removed.is_empty() {
+                return Err(invalid("a removeMember commit removes devices"));
+            }
+            if let Some(other) = outcome.removed.iter().find(|r| r.device.did() != *did) {
+                return Err(invalid(format!(
+                    "the commit removes {}, which is not a device of {}",
+                    other.device,
+                    did.as_str()
+                )));
+            }
+            if outcome
+                .removed
+                .iter()
+                .any(|r| r.device == outcome.committer)
+            {
+                return Err(invalid(
+                    "a committer cannot remove its own leaf: use leaveConvo",
+                ));
+            }
+            if (*did != caller || *ban) && !is_admin {
+                return Err(ServiceError::NotAdmin(
+                    "only an admin may remove another user's devices or ban".into(),
+                ));
+            }
+            if *ban && *did == caller {
+                return Err(invalid("a user cannot ban themselves"));
+            }
+            if *ban && outcome.members.iter().any(|m| m.device.did() == *did) {
+                return Err(invalid(format!(
+                    "a ban must remove every device of {}",
+                    did.as_str()
+                )));
+            }
+        }
+        CommitMethod::External => {}
+    }
+    Ok(())
+}
+
+/// Fails unless every proposal the commit covers is one `method` takes.
+fn only_proposals(
+    outcome: &CommitOutcome,
+    method: &str,
+    allowed: impl Fn(&CommittedProposal) -> bool,
+) -> Result<(), ServiceError> {
+    match outcome.proposals.iter().find(|p| !allowed(p)) {
+        None => Ok(()),
+        Some(p) => Err(invalid(format!(
+            "{method} does not take a {:?} proposal{}",
+            p.kind,
+            if p.by_reference {
+                " by reference"
+            } else {
+                " by value"
+            }
+        ))),
+    }
+}
+
+/// What an accepted commit changes besides the log, the epoch and members.
+async fn apply_side_effects(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    method: &CommitMethod<'_>,
+    outcome: &CommitOutcome,
+    epoch: i64,
+    seq: i64,
+) -> Result<(), ServiceError> {
+    let removed: Vec<String> = outcome
+        .removed
+        .iter()
+        .map(|r| r.device.to_string())
+        .collect();
+    welcomes::withdraw(tx, group_id, &removed).await?;
+    match method {
+        CommitMethod::AddMembers { welcome } => {
+            for added in &outcome.added {
+                // Adding a banned user's device (an admin did) lifts the ban.
+                store::set_banned(tx, group_id, added.device.did().as_str(), false).await?;
+                welcomes::store(
+                    tx,
+                    group_id,
+                    &added.device,
+                    &added.key_package_ref,
+                    welcome,
+                    epoch,
+                    seq,
+                )
+                .await?;
+            }
+        }
+        CommitMethod::RemoveMember { did, ban: true } => {
+            store::set_banned(tx, group_id, did.as_str(), true).await?;
+        }
+        CommitMethod::External => {
+            welcomes::withdraw(tx, group_id, &[outcome.committer.to_string()]).await?;
+        }
+        CommitMethod::RemoveMember { ban: false, .. } | CommitMethod::GroupChange => {}
+    }
+    Ok(())
+}
+
+/// leaveConvo: the caller's self-remove proposal, logged and queued for the
+/// next commit of this epoch.
+pub async fn propose_leave(
+    db: &PgPool,
+    caller: &Did,
+    group_id: &[u8],
+    settings: &ConvoSettings,
+    proposal: &[u8],
+) -> Result<Accepted, ServiceError> {
+    let hash = sha256(proposal);
+    let mut tx = db.begin().await?;
+    let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
+        ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
+    })?;
+    if let Some(previous) = store::find_handshake(&mut tx, group_id, &hash).await? {
+        return Ok(Accepted {
+            epoch: previous.epoch,
+            seq: previous.seq,
+            accepted_at: previous.created_at,
+        });
+    }
+    check_access(
+        &mut tx,
+        group_id,
+        caller,
+        settings,
+        &CommitMethod::GroupChange,
+    )
+    .await?;
+    let outcome = engine::apply_self_remove_proposal(&convo.state, group_id, proposal, caller)?;
+    let seq = convo.last_seq + 1;
+    let id = format!("proposal-{}", mls_crypto::to_hex(&hash[..16]));
+    let entry = store::NewEntry {
+        seq,
+        id: &id,
+        epoch: convo.epoch,
+        kind: "proposal",
+        payload: proposal,
+        payload_hash: &hash,
+        sender: Some(caller.as_str()),
+        proposed_removal: Some(outcome.removed_leaf as i32),
+    };
+    let accepted_at = store::append(&mut tx, group_id, &entry).await?;
+    store::record_proposal(&mut tx, group_id, seq, &outcome.state).await?;
+    tx.commit().await?;
+    Ok(Accepted {
+        epoch: convo.epoch,
+        seq,
+        accepted_at,
+    })
+}
