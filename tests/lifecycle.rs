@@ -74,7 +74,7 @@ async fn two_users_talk_lose_a_device_rejoin_and_talk_again(pool: PgPool) {
     assert_eq!(bob_phone2.rejoin(&convo).await.unwrap(), 3);
     assert_eq!(
         bob_phone2.remove(&convo, &bob.did, false).await.unwrap(),
-        [old_phone.clone()]
+        [old_phone.as_str()]
     );
     assert_eq!(alice_phone.sync(&convo).await.unwrap(), []);
     assert_epochs(&app, &alice, &convo, &[&alice_phone, &bob_phone2], 4).await;

@@ -48,15 +48,17 @@ pub async fn commit(
     let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
         ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
     })?;
-    if let Some(previous) = store::find_handshake(&mut tx, group_id, &hash).await? {
-        // The same commit again: its original result.
+    // Access first: replaying someone's accepted commit must not tell a
+    // stranger anything.
+    let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
+    if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
+        // The same commit again from its committer: the original result.
         return Ok(Accepted {
             epoch: previous.epoch + 1,
             seq: previous.seq,
             accepted_at: previous.created_at,
         });
     }
-    let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
 
     let outcome = engine::apply_commit(&convo.state, group_id, commit, group_info, caller)?;
     check_method_rules(
@@ -102,6 +104,19 @@ pub async fn commit(
         seq,
         accepted_at,
     })
+}
+
+/// The log entry of these exact bytes, if the caller submitted it before.
+/// (Anyone else resubmitting it is treated as new, and fails as stale.)
+async fn resubmitted(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    hash: &[u8],
+    caller: &Did,
+) -> Result<Option<store::Previous>, ServiceError> {
+    Ok(store::find_handshake(tx, group_id, hash)
+        .await?
+        .filter(|previous| previous.sender.as_deref() == Some(caller.as_str())))
 }
 
 /// Who may commit through `method`; returns whether the caller is an admin.
@@ -219,15 +234,8 @@ async fn check_method_rules(
                     did.as_str()
                 )));
             }
-            if outcome
-                .removed
-                .iter()
-                .any(|r| r.device == outcome.committer)
-            {
-                return Err(invalid(
-                    "a committer cannot remove its own leaf: use leaveConvo",
-                ));
-            }
+            // A committer removing its own leaf is refused by MLS itself; a
+            // reinstalled device of the same name may remove its old leaf.
             if (*did != caller || *ban) && !is_admin {
                 return Err(ServiceError::NotAdmin(
                     "only an admin may remove another user's devices or ban".into(),
@@ -325,13 +333,6 @@ pub async fn propose_leave(
     let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
         ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
     })?;
-    if let Some(previous) = store::find_handshake(&mut tx, group_id, &hash).await? {
-        return Ok(Accepted {
-            epoch: previous.epoch,
-            seq: previous.seq,
-            accepted_at: previous.created_at,
-        });
-    }
     check_access(
         &mut tx,
         group_id,
@@ -340,6 +341,13 @@ pub async fn propose_leave(
         &CommitMethod::GroupChange,
     )
     .await?;
+    if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
+        return Ok(Accepted {
+            epoch: previous.epoch,
+            seq: previous.seq,
+            accepted_at: previous.created_at,
+        });
+    }
     let outcome = engine::apply_self_remove_proposal(&convo.state, group_id, proposal, caller)?;
     let seq = convo.last_seq + 1;
     let id = format!("proposal-{}", mls_crypto::to_hex(&hash[..16]));

@@ -396,6 +396,7 @@ pub struct Previous {
     pub epoch: i64,
     pub kind: String,
     pub payload_hash: Vec<u8>,
+    pub sender: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -407,7 +408,7 @@ pub async fn find_handshake(
 ) -> Result<Option<Previous>, sqlx::Error> {
     sqlx::query_as!(
         Previous,
-        "SELECT seq, epoch, kind, payload_hash, created_at FROM convo_messages \
+        "SELECT seq, epoch, kind, payload_hash, sender, created_at FROM convo_messages \
          WHERE convo_id = $1 AND payload_hash = $2 AND kind <> 'application'",
         group_id,
         payload_hash
@@ -424,7 +425,7 @@ pub async fn find_by_id(
 ) -> Result<Option<Previous>, sqlx::Error> {
     sqlx::query_as!(
         Previous,
-        "SELECT seq, epoch, kind, payload_hash, created_at FROM convo_messages \
+        "SELECT seq, epoch, kind, payload_hash, sender, created_at FROM convo_messages \
          WHERE convo_id = $1 AND id = $2",
         group_id,
         id

@@ -163,16 +163,17 @@ impl Device {
     /// as a conversation named `name`. Returns the convo id (the group id in
     /// hex).
     pub async fn create_convo(&mut self, name: &str) -> Result<String, DeviceError> {
-        let group_id = self
+        let random = self
             .provider
             .rand()
             .random_vec(16)
             .map_err(mls("choosing a group id"))?;
+        let group_id = GroupId::from_slice(&random);
         let mut group = MlsGroup::new_with_group_id(
             &self.provider,
             &self.signer,
             &create_config(),
-            GroupId::from_slice(&group_id),
+            group_id.clone(),
             self.credential.clone(),
         )
         .map_err(mls("creating the group"))?;
@@ -180,7 +181,7 @@ impl Device {
             .export_group_info(self.provider.crypto(), &self.signer, true)
             .map_err(mls("exporting the GroupInfo"))?;
         let input = create_convo::Input {
-            group_id: to_hex(&group_id),
+            group_id: to_hex(group_id.as_slice()),
             cipher_suite: lexicon_suite(),
             group_info: to_bytes(&group_info)?,
             metadata: Some(ConvoMetadata {
@@ -197,7 +198,7 @@ impl Device {
                 Ok(output.convo.group_id)
             }
             Err(error) => {
-                self.delete_group(&group.group_id().clone(), &mut group)?;
+                self.delete_group(&group_id, &mut group)?;
                 Err(error.into())
             }
         }
