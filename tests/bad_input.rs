@@ -12,48 +12,34 @@
 //! case ends with the group still working (a commit both members follow, a
 //! message both ways).
 //!
-//! Covered: garbage and non-commit MLS messages as a commit (400
-//! InvalidCommit); garbage GroupInfo, or one without the ratchet tree (400
-//! InvalidGroupInfo); a tampered commit (400 InvalidCommit); a commit of
-//! another group (400 InvalidCommit); a self-update that changes the leaf's
-//! DID (400 InvalidCommit); a GroupInfo of the previous epoch, of another
-//! group or of another commit (400 InvalidGroupInfo); an application
-//! message of another group (400 InvalidCiphertext), of a past epoch (409
-//! EpochMismatch), or whose epoch field is not its ciphertext's (400
-//! InvalidCiphertext); a stale commit (409 EpochMismatch).
+//! Covered, for commitGroupChange: garbage and non-commit MLS messages as a
+//! commit, a tampered commit, a commit of another group, a self-update that
+//! changes the leaf's DID (400 InvalidCommit); garbage as GroupInfo, a
+//! GroupInfo without the ratchet tree, of the previous epoch, of another
+//! group, of another commit, or signed by a member other than the committer
+//! (400 InvalidGroupInfo); a stale commit (409 EpochMismatch). For
+//! sendMessage: garbage, handshakes or KeyPackages as the ciphertext, a
+//! ciphertext longer than paddedSize, a PrivateMessage of another group, or
+//! an epoch field that is not the ciphertext's (400 InvalidCiphertext); a
+//! message of a past epoch (409 EpochMismatch).
 //!
 //! The members are driven with OpenMLS directly ([`Member`]), because the
 //! demo's `Device` cannot prepare a commit without submitting it.
 
 mod common;
 
-use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 
-use catbird_generated::lexicons::blue::catbird::mls::defs::{
-    CipherSuite, ConvoMetadata, ConvoView, MessageView,
-};
+use catbird_generated::lexicons::blue::catbird::mls::defs::{ConvoView, MessageView};
 use catbird_generated::lexicons::blue::catbird::mls::{
-    Client, add_members, commit_group_change, confirm_welcome, create_convo, get_convos, get_epoch,
-    get_group_info, get_key_packages, get_messages, get_welcome, publish_key_packages,
-    send_message,
+    commit_group_change, get_convos, get_epoch, get_group_info, send_message,
 };
 use catbird_generated::runtime::xrpc::ClientError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
-use catbird_generated::runtime::{Bytes, DeclaredError, Did};
+use catbird_generated::runtime::{Bytes, DeclaredError};
 use catbird_mls::auth::LocalIdentity;
-use catbird_mls::mls_crypto::{from_hex, to_hex};
-use common::TestApp;
-use common::mls::{self, SUITE, SUITE_NAME};
-use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
-use openmls::prelude::{
-    BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, NewSignerBundle,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion, StagedWelcome,
-};
-use openmls_basic_credential::SignatureKeyPair;
-use openmls_traits::OpenMlsProvider as _;
+use common::member::{Member, Prepared};
+use common::{TestApp, read_log};
 use sqlx::PgPool;
 
 // ---- commits ------------------------------------------------------------------
@@ -243,6 +229,9 @@ async fn a_group_info_that_does_not_match_the_commit_is_invalid_group_info(pool:
     let competing = f.bob.prepare_self_update(&f.convo);
     f.bob.discard(&f.convo);
     let prepared = f.alice.prepare_self_update(&f.convo);
+    // Bob applies alice's commit ahead of the service and signs the new
+    // epoch's GroupInfo himself: the right state, but not the committer's.
+    let signed_by_bob = f.bob.apply_ahead(&f.convo, &prepared.commit);
     let mismatches = [
         ("the GroupInfo of the previous epoch", previous_epoch),
         ("the GroupInfo of another conversation", other_group),
@@ -250,6 +239,7 @@ async fn a_group_info_that_does_not_match_the_commit_is_invalid_group_info(pool:
             "the GroupInfo of another commit of this epoch",
             competing.group_info.0,
         ),
+        ("the GroupInfo signed by another member", signed_by_bob),
     ];
     for (what, group_info) in mismatches {
         let result = f
@@ -267,7 +257,9 @@ async fn a_group_info_that_does_not_match_the_commit_is_invalid_group_info(pool:
 
     // The commit with its correct GroupInfo: accepted, and that GroupInfo
     // is what getGroupInfo serves now.
-    f.alice.submit_and_merge(&f.convo, &prepared).await;
+    let accepted = f.alice.submit(&f.convo, &prepared).await.unwrap();
+    f.alice.merge(&f.convo, accepted.seq);
+    f.bob.applied(&f.convo, accepted.seq);
     f.assert_committed(&prepared, 2).await;
     f.assert_still_works().await;
 }
@@ -317,6 +309,58 @@ async fn an_application_message_for_another_group_is_invalid_ciphertext(pool: Pg
         "a PrivateMessage of another group",
     );
     assert_eq!(f.snapshot().await, before);
+    f.assert_still_works().await;
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn anything_but_an_application_message_is_invalid_ciphertext(pool: PgPool) {
+    let mut f = Fixture::new(pool).await;
+    let before = f.snapshot().await;
+    let commit = f.alice.prepare_self_update(&f.convo);
+    f.alice.discard(&f.convo);
+    let message = f.alice.encrypt(&f.convo, "a real message");
+    let not_messages = [
+        (
+            "random bytes",
+            b"\x00\x01garbage, not an MLSMessage".to_vec(),
+        ),
+        ("a commit", commit.commit.0),
+        ("a GroupInfo", commit.group_info.0),
+        ("a KeyPackage", f.bob.mls.key_package().0),
+    ];
+    for (what, ciphertext) in not_messages {
+        let input = send_message::Input {
+            ciphertext: Bytes(ciphertext),
+            ..message.clone()
+        };
+        let result = f.alice.client.send_message(&input).await;
+        expect_error(
+            result,
+            send_message::Error::InvalidCiphertext,
+            StatusCode::BAD_REQUEST,
+            what,
+        );
+        assert_eq!(f.snapshot().await, before, "after {what}");
+    }
+
+    // A real message that is longer than the paddedSize it claims.
+    let too_long = send_message::Input {
+        padded_size: Some(message.ciphertext.0.len() as i64 - 1),
+        ..message.clone()
+    };
+    let result = f.alice.client.send_message(&too_long).await;
+    expect_error(
+        result,
+        send_message::Error::InvalidCiphertext,
+        StatusCode::BAD_REQUEST,
+        "a ciphertext longer than paddedSize",
+    );
+    assert_eq!(f.snapshot().await, before);
+
+    // The same message, under the same msgId, honestly sized: accepted.
+    let seq = f.alice.client.send_message(&message).await.unwrap().seq;
+    f.alice.applied(&f.convo, seq);
+    assert_eq!(f.bob.sync(&f.convo).await, ["a real message"]);
     f.assert_still_works().await;
 }
 
@@ -506,28 +550,6 @@ impl Fixture {
     }
 }
 
-/// The whole log as the client's user sees it.
-async fn read_log(client: &Client, convo: &str) -> Vec<MessageView> {
-    let mut entries = Vec::new();
-    let mut since = 0;
-    loop {
-        let page = client
-            .get_messages(&get_messages::Params {
-                convo_id: convo.to_owned(),
-                since_seq: since,
-                limit: 100,
-            })
-            .await
-            .unwrap();
-        assert!(!page.gap_info.has_gaps, "{:?}", page.gap_info);
-        entries.extend(page.messages);
-        if page.last_seq == since {
-            return entries;
-        }
-        since = page.last_seq;
-    }
-}
-
 /// `result` is the declared error `expected` with HTTP `status`.
 fn expect_error<T: Debug, E: DeclaredError + PartialEq + Debug>(
     result: Result<T, ClientError<E>>,
@@ -566,428 +588,4 @@ fn signature_byte(commit: &[u8]) -> usize {
     assert_eq!(commit[tags + TAG], 32, "the membership tag's length");
     assert_eq!(commit[signature], 64, "the signature's length");
     signature + 1 + 20
-}
-
-// ---- a member driven with OpenMLS directly ------------------------------------------
-
-/// A member device: a test device (own signature key and OpenMLS storage)
-/// and the generated client acting as its user. Like the demo's `Device`,
-/// it merges a commit only after the service accepted it; unlike it, it can
-/// prepare a commit and leave the submission to the test.
-struct Member {
-    mls: mls::Device,
-    client: Client,
-    /// Per conversation: how far this member has read the log.
-    logs: HashMap<String, Log>,
-    messages_sent: Cell<u64>,
-}
-
-#[derive(Default)]
-struct Log {
-    last_seq: i64,
-    /// Entries this member submitted itself, already applied locally.
-    own: HashSet<i64>,
-}
-
-/// A staged commit, held by the group as its pending commit until it is
-/// merged ([`Member::merge`]) or discarded ([`Member::discard`]).
-struct Prepared {
-    commit: Bytes,
-    /// For the epoch the commit creates, signed by the committer.
-    group_info: Bytes,
-}
-
-impl Member {
-    fn new(app: &TestApp, user: &LocalIdentity, name: &str) -> Self {
-        Self {
-            mls: mls::Device::new(&user.did, name),
-            client: app.client(user),
-            logs: HashMap::new(),
-            messages_sent: Cell::new(0),
-        }
-    }
-
-    async fn publish_key_package(&self) {
-        let input = publish_key_packages::Input {
-            key_packages: vec![self.mls.key_package()],
-        };
-        self.client.publish_key_packages(&input).await.unwrap();
-    }
-
-    /// Creates a group with this member alone and registers it.
-    async fn create_convo(&mut self) -> String {
-        let group = MlsGroup::new(
-            &self.mls.provider,
-            &self.mls.signer,
-            &create_config(),
-            self.mls.credential.clone(),
-        )
-        .unwrap();
-        let convo = to_hex(group.group_id().as_slice());
-        let input = create_convo::Input {
-            group_id: convo.clone(),
-            cipher_suite: CipherSuite::Mls128Dhkemx25519Aes128gcmSha256Ed25519,
-            group_info: self.exported_group_info(&group),
-            metadata: Some(ConvoMetadata {
-                name: Some("bad input".to_owned()),
-                description: None,
-            }),
-            idempotency_key: None,
-        };
-        self.client.create_convo(&input).await.unwrap();
-        self.logs.insert(convo.clone(), Log::default());
-        convo
-    }
-
-    /// Adds `did`'s device that has a KeyPackage, with addMembers.
-    async fn add(&mut self, convo: &str, did: &Did) {
-        let offered = self
-            .client
-            .get_key_packages(&get_key_packages::Params {
-                dids: vec![did.clone()],
-                cipher_suite: SUITE_NAME.to_owned(),
-                convo_id: Some(convo.to_owned()),
-            })
-            .await
-            .unwrap();
-        let key_packages: Vec<KeyPackage> = offered
-            .key_packages
-            .iter()
-            .map(|offer| {
-                let MlsMessageBodyIn::KeyPackage(key_package) = read_body(&offer.key_package.0)
-                else {
-                    panic!("getKeyPackages returned something else than a KeyPackage");
-                };
-                key_package
-                    .validate(self.mls.provider.crypto(), ProtocolVersion::Mls10)
-                    .unwrap()
-            })
-            .collect();
-        assert!(!key_packages.is_empty(), "{did:?} has a KeyPackage");
-
-        let mut group = self.group(convo);
-        let bundle = group
-            .commit_builder()
-            .propose_adds(key_packages)
-            .load_psks(self.mls.provider.storage())
-            .unwrap()
-            .build(
-                self.mls.provider.rand(),
-                self.mls.provider.crypto(),
-                &self.mls.signer,
-                |_| true,
-            )
-            .unwrap()
-            .stage_commit(&self.mls.provider)
-            .unwrap();
-        let (commit, welcome, group_info) = bundle.into_messages();
-        let input = add_members::Input {
-            convo_id: convo.to_owned(),
-            commit: to_bytes(&commit),
-            welcome: to_bytes(&welcome.expect("a Welcome for the added device")),
-            group_info: to_bytes(&group_info.expect("a GroupInfo for the new epoch")),
-            idempotency_key: None,
-        };
-        let added = self.client.add_members(&input).await.unwrap();
-        self.merge(convo, added.seq);
-    }
-
-    /// Joins from this device's Welcome and confirms it.
-    async fn join(&mut self, convo: &str) {
-        let device_id = self.mls.id.clone();
-        let fetched = self
-            .client
-            .get_welcome(&get_welcome::Params {
-                convo_id: convo.to_owned(),
-                device_id: device_id.clone(),
-            })
-            .await
-            .unwrap();
-        let MlsMessageBodyIn::Welcome(welcome) = read_body(&fetched.welcome.0) else {
-            panic!("getWelcome returned something else than a Welcome");
-        };
-        StagedWelcome::build_from_welcome(&self.mls.provider, &join_config(), welcome)
-            .unwrap()
-            .skip_lifetime_validation()
-            .build()
-            .unwrap()
-            .into_group(&self.mls.provider)
-            .unwrap();
-        let confirmation = confirm_welcome::Input {
-            convo_id: convo.to_owned(),
-            device_id,
-            success: true,
-            error_details: None,
-        };
-        self.client.confirm_welcome(&confirmation).await.unwrap();
-        self.logs.insert(
-            convo.to_owned(),
-            Log {
-                last_seq: fetched.commit_seq,
-                own: HashSet::new(),
-            },
-        );
-    }
-
-    fn group(&self, convo: &str) -> MlsGroup {
-        let group_id = GroupId::from_slice(&from_hex(convo).unwrap());
-        MlsGroup::load(self.mls.provider.storage(), &group_id)
-            .unwrap()
-            .unwrap_or_else(|| panic!("{} is not in {convo}", self.mls.id))
-    }
-
-    fn epoch(&self, convo: &str) -> u64 {
-        self.group(convo).epoch().as_u64()
-    }
-
-    /// The signed GroupInfo of the current epoch, with the ratchet tree.
-    fn group_info(&self, convo: &str) -> Vec<u8> {
-        self.exported_group_info(&self.group(convo)).0
-    }
-
-    fn exported_group_info(&self, group: &MlsGroup) -> Bytes {
-        let group_info = group
-            .export_group_info(self.mls.provider.crypto(), &self.mls.signer, true)
-            .unwrap();
-        to_bytes(&group_info)
-    }
-
-    /// Stages a self-update (with any pending proposals), not submitted.
-    fn prepare_self_update(&self, convo: &str) -> Prepared {
-        self.prepare_self_update_with(convo, true)
-    }
-
-    /// Stages a self-update whose GroupInfo carries the ratchet tree or not.
-    fn prepare_self_update_with(&self, convo: &str, ratchet_tree: bool) -> Prepared {
-        let mut group = self.group(convo);
-        let bundle = group
-            .commit_builder()
-            .force_self_update(true)
-            .load_psks(self.mls.provider.storage())
-            .unwrap()
-            .use_ratchet_tree_extension(ratchet_tree)
-            .build(
-                self.mls.provider.rand(),
-                self.mls.provider.crypto(),
-                &self.mls.signer,
-                |_| true,
-            )
-            .unwrap()
-            .stage_commit(&self.mls.provider)
-            .unwrap();
-        prepared(bundle.into_messages())
-    }
-
-    /// Stages a self-update whose new leaf has a fresh signature key and
-    /// the credential `identity` (the commit is signed with the old key, as
-    /// members verify it against the old leaf), not submitted. Returns the
-    /// new key too: once the commit is merged, the member signs with it.
-    fn prepare_key_rotation(&self, convo: &str, identity: &str) -> (Prepared, SignatureKeyPair) {
-        let signer = SignatureKeyPair::new(SUITE.signature_algorithm()).unwrap();
-        let new_signer = NewSignerBundle {
-            signer: &signer,
-            credential_with_key: CredentialWithKey {
-                credential: BasicCredential::new(identity.as_bytes().to_vec()).into(),
-                signature_key: signer.public().into(),
-            },
-        };
-        let mut group = self.group(convo);
-        let bundle = group
-            .commit_builder()
-            .force_self_update(true)
-            .load_psks(self.mls.provider.storage())
-            .unwrap()
-            .build_with_new_signer(
-                self.mls.provider.rand(),
-                self.mls.provider.crypto(),
-                &self.mls.signer,
-                new_signer,
-                |_| true,
-            )
-            .unwrap()
-            .stage_commit(&self.mls.provider)
-            .unwrap();
-        (prepared(bundle.into_messages()), signer)
-    }
-
-    async fn submit(
-        &self,
-        convo: &str,
-        prepared: &Prepared,
-    ) -> Result<commit_group_change::Output, ClientError<commit_group_change::Error>> {
-        self.submit_raw(
-            convo,
-            prepared.commit.0.clone(),
-            prepared.group_info.0.clone(),
-        )
-        .await
-    }
-
-    /// commitGroupChange with whatever bytes the test chose.
-    async fn submit_raw(
-        &self,
-        convo: &str,
-        commit: Vec<u8>,
-        group_info: Vec<u8>,
-    ) -> Result<commit_group_change::Output, ClientError<commit_group_change::Error>> {
-        let input = commit_group_change::Input {
-            convo_id: convo.to_owned(),
-            commit: Bytes(commit),
-            group_info: Bytes(group_info),
-            idempotency_key: None,
-        };
-        self.client.commit_group_change(&input).await
-    }
-
-    /// Submits the pending commit, which must be accepted, and merges it.
-    async fn submit_and_merge(&mut self, convo: &str, prepared: &Prepared) -> u64 {
-        let accepted = self.submit(convo, prepared).await.unwrap();
-        self.merge(convo, accepted.seq);
-        assert_eq!(accepted.epoch, self.epoch(convo) as i64);
-        self.epoch(convo)
-    }
-
-    /// A self-update, prepared, submitted and merged. Returns the new epoch.
-    async fn self_update(&mut self, convo: &str) -> u64 {
-        let prepared = self.prepare_self_update(convo);
-        self.submit_and_merge(convo, &prepared).await
-    }
-
-    /// Applies the pending commit, which the service accepted at `seq`.
-    fn merge(&mut self, convo: &str, seq: i64) {
-        self.group(convo)
-            .merge_pending_commit(&self.mls.provider)
-            .unwrap();
-        self.logs
-            .entry(convo.to_owned())
-            .or_default()
-            .own
-            .insert(seq);
-    }
-
-    /// Drops the pending commit, which the service rejected.
-    fn discard(&self, convo: &str) {
-        self.group(convo)
-            .clear_pending_commit(self.mls.provider.storage())
-            .unwrap();
-    }
-
-    /// sendMessage's input for `text`, encrypted in the current epoch.
-    fn encrypt(&self, convo: &str, text: &str) -> send_message::Input {
-        let mut group = self.group(convo);
-        let ciphertext = group
-            .create_message(&self.mls.provider, &self.mls.signer, text.as_bytes())
-            .unwrap();
-        let sent = self.messages_sent.get() + 1;
-        self.messages_sent.set(sent);
-        send_message::Input {
-            convo_id: convo.to_owned(),
-            msg_id: format!("{}-{sent}", self.mls.id),
-            ciphertext: to_bytes(&ciphertext),
-            epoch: group.epoch().as_u64() as i64,
-            padded_size: None,
-            idempotency_key: None,
-        }
-    }
-
-    async fn send(&mut self, convo: &str, text: &str) -> i64 {
-        let input = self.encrypt(convo, text);
-        let seq = self.client.send_message(&input).await.unwrap().seq;
-        self.logs
-            .entry(convo.to_owned())
-            .or_default()
-            .own
-            .insert(seq);
-        seq
-    }
-
-    /// Reads the log from where this member stopped and applies it.
-    /// Returns the plaintexts of the other members' messages, in order.
-    async fn sync(&mut self, convo: &str) -> Vec<String> {
-        let mut group = self.group(convo);
-        let mut texts = Vec::new();
-        let log = self.logs.entry(convo.to_owned()).or_default();
-        loop {
-            let since = log.last_seq;
-            let page = self
-                .client
-                .get_messages(&get_messages::Params {
-                    convo_id: convo.to_owned(),
-                    since_seq: since,
-                    limit: 100,
-                })
-                .await
-                .unwrap();
-            for entry in page.messages {
-                log.last_seq = entry.seq;
-                if log.own.remove(&entry.seq) {
-                    continue;
-                }
-                let message = MlsMessageIn::tls_deserialize_exact(&entry.payload.0)
-                    .unwrap()
-                    .try_into_protocol_message()
-                    .unwrap();
-                let processed = group
-                    .process_message(&self.mls.provider, message)
-                    .unwrap_or_else(|e| {
-                        panic!("{} processing seq {}: {e}", self.mls.id, entry.seq)
-                    });
-                match processed.into_content() {
-                    ProcessedMessageContent::ApplicationMessage(message) => {
-                        texts.push(String::from_utf8(message.into_bytes()).unwrap());
-                    }
-                    ProcessedMessageContent::StagedCommitMessage(commit) => group
-                        .merge_staged_commit(&self.mls.provider, *commit)
-                        .unwrap(),
-                    ProcessedMessageContent::ProposalMessage(proposal) => group
-                        .store_pending_proposal(self.mls.provider.storage(), *proposal)
-                        .unwrap(),
-                    _ => panic!("{}: unexpected log entry {}", self.mls.id, entry.seq),
-                }
-            }
-            if page.last_seq == since {
-                return texts;
-            }
-            log.last_seq = page.last_seq;
-        }
-    }
-}
-
-/// A staged commit's messages; a member commit always comes with a
-/// GroupInfo, as the groups use the ratchet tree extension.
-fn prepared(
-    (commit, _, group_info): (MlsMessageOut, Option<MlsMessageOut>, Option<MlsMessageOut>),
-) -> Prepared {
-    Prepared {
-        commit: to_bytes(&commit),
-        group_info: to_bytes(&group_info.expect("a GroupInfo for the new epoch")),
-    }
-}
-
-/// The demo's group settings: plaintext handshakes (the service validates
-/// them), the ratchet tree in GroupInfo and Welcome.
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(SUITE)
-        .capabilities(mls::capabilities())
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
-}
-
-fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
-}
-
-fn to_bytes(message: &MlsMessageOut) -> Bytes {
-    Bytes(message.tls_serialize_detached().unwrap())
-}
-
-fn read_body(bytes: &[u8]) -> MlsMessageBodyIn {
-    MlsMessageIn::tls_deserialize_exact(bytes)
-        .unwrap()
-        .extract()
 }

@@ -16,21 +16,19 @@
 
 mod common;
 
-use std::fmt::Debug;
-
 use catbird_generated::lexicons::blue::catbird::mls::defs::{CipherSuite, ConvoView};
 use catbird_generated::lexicons::blue::catbird::mls::{
     Client, add_members, confirm_welcome, create_convo, get_convos, get_epoch, get_key_packages,
     get_welcome, publish_key_packages,
 };
+use catbird_generated::runtime::Bytes;
 use catbird_generated::runtime::xrpc::ClientError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
-use catbird_generated::runtime::{Bytes, DeclaredError};
 use catbird_mls::auth::LocalIdentity;
 use catbird_mls::demo::Device;
 use catbird_mls::mls_crypto::{from_hex, to_hex};
-use common::TestApp;
 use common::mls::{Device as MlsIdentity, SUITE, SUITE_NAME, capabilities};
+use common::{TestApp, assert_declared};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     GroupId, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
@@ -496,21 +494,4 @@ async fn listed(app: &TestApp, user: &LocalIdentity, convo: &str) -> Option<Conv
 
 fn group_id(convo: &str) -> Vec<u8> {
     from_hex(convo).unwrap()
-}
-
-/// Asserts that a call failed with the declared error `expected` and HTTP
-/// `status`.
-fn assert_declared<T, E: DeclaredError + PartialEq + Debug>(
-    result: Result<T, ClientError<E>>,
-    expected: E,
-    status: StatusCode,
-) {
-    match result {
-        Err(ClientError::Method(error)) => {
-            assert_eq!(error.declared_error(), Some(&expected), "{error}");
-            assert_eq!(error.status(), status, "{error}");
-        }
-        Err(other) => panic!("expected {} ({status}), got {other}", expected.name()),
-        Ok(_) => panic!("expected {} ({status}), got a success", expected.name()),
-    }
 }

@@ -43,20 +43,14 @@ async fn stored_key_packages(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// Asserts a declared error: its name and status.
-fn assert_declared<E: DeclaredError + std::fmt::Debug, T: std::fmt::Debug>(
+/// Asserts a declared error by its lexicon name; returns its message.
+fn assert_declared<E: DeclaredError + PartialEq + std::fmt::Debug, T>(
     result: Result<T, ClientError<E>>,
     name: &str,
     status: StatusCode,
 ) -> String {
-    match result {
-        Err(ClientError::Method(error)) => {
-            assert_eq!(error.declared_error().map(E::name), Some(name), "{error}");
-            assert_eq!(error.status(), status, "{error}");
-            error.message().to_owned()
-        }
-        other => panic!("expected {name}, got {other:?}"),
-    }
+    let expected = E::from_name(name).expect("the method declares this error");
+    common::assert_declared(result, expected, status)
 }
 
 fn unix_now() -> u64 {

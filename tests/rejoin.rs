@@ -16,21 +16,18 @@
 
 mod common;
 
-use std::fmt::Debug;
-
 use catbird_generated::lexicons::blue::catbird::mls::defs::{ConvoView, ExpectedConversation};
 use catbird_generated::lexicons::blue::catbird::mls::{
     get_convos, get_epoch, get_expected_conversations, get_group_info, process_external_commit,
 };
-use catbird_generated::runtime::xrpc::ClientError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
-use catbird_generated::runtime::{Bytes, Datetime, DeclaredError};
+use catbird_generated::runtime::{Bytes, Datetime};
 use catbird_mls::auth::LocalIdentity;
 use catbird_mls::demo::{Device, Received};
 use catbird_mls::mls_crypto::from_hex;
 use chrono::{DateTime, Utc};
-use common::TestApp;
 use common::mls::{Device as MlsIdentity, SUITE, capabilities};
+use common::{TestApp, assert_declared};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
     LeafNodeParameters, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn,
@@ -496,23 +493,6 @@ async fn backdate_departure(
     .unwrap()
     .flatten();
     left_at.expect("only a user who has left can have left long ago")
-}
-
-/// Asserts that a call failed with the declared error `expected` and HTTP
-/// `status`.
-fn assert_declared<T, E: DeclaredError + PartialEq + Debug>(
-    result: Result<T, ClientError<E>>,
-    expected: E,
-    status: StatusCode,
-) {
-    match result {
-        Err(ClientError::Method(error)) => {
-            assert_eq!(error.declared_error(), Some(&expected), "{error}");
-            assert_eq!(error.status(), status, "{error}");
-        }
-        Err(other) => panic!("expected {} ({status}), got {other}", expected.name()),
-        Ok(_) => panic!("expected {} ({status}), got a success", expected.name()),
-    }
 }
 
 /// A client that joins by external commit, built with OpenMLS directly: its

@@ -13,20 +13,18 @@
 
 mod common;
 
-use std::fmt::Debug;
-
 use catbird_generated::lexicons::blue::catbird::mls::defs::WelcomeState;
 use catbird_generated::lexicons::blue::catbird::mls::{
     confirm_welcome, get_expected_conversations, get_welcome,
 };
+use catbird_generated::runtime::Datetime;
 use catbird_generated::runtime::xrpc::ClientError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
-use catbird_generated::runtime::{Datetime, DeclaredError};
 use catbird_mls::auth::LocalIdentity;
 use catbird_mls::demo::{Device, DeviceError, Received};
 use catbird_mls::mls_crypto::from_hex;
 use chrono::{DateTime, Utc};
-use common::TestApp;
+use common::{TestApp, assert_declared};
 use openmls::prelude::tls_codec::Deserialize as _;
 use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
 use sqlx::PgPool;
@@ -505,21 +503,4 @@ fn welcome_recipients(welcome: &[u8]) -> Vec<Vec<u8>> {
         .iter()
         .map(|secret| secret.new_member().as_slice().to_vec())
         .collect()
-}
-
-/// Asserts that a call failed with the declared error `expected` and HTTP
-/// `status`.
-fn assert_declared<T, E: DeclaredError + PartialEq + Debug>(
-    result: Result<T, ClientError<E>>,
-    expected: E,
-    status: StatusCode,
-) {
-    match result {
-        Err(ClientError::Method(error)) => {
-            assert_eq!(error.declared_error(), Some(&expected), "{error}");
-            assert_eq!(error.status(), status, "{error}");
-        }
-        Err(other) => panic!("expected {} ({status}), got {other}", expected.name()),
-        Ok(_) => panic!("expected {} ({status}), got a success", expected.name()),
-    }
 }

@@ -5,17 +5,22 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod member;
 pub mod mls;
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use catbird_generated::lexicons::blue::catbird::mls::Client;
-use catbird_generated::runtime::Did;
+use catbird_generated::lexicons::blue::catbird::mls::defs::MessageView;
+use catbird_generated::lexicons::blue::catbird::mls::{Client, get_messages};
+use catbird_generated::runtime::xrpc::ClientError;
+use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_generated::runtime::xrpc::{XrpcClient, reqwest};
+use catbird_generated::runtime::{DeclaredError, Did};
 use catbird_mls::app::{self, AppState};
 use catbird_mls::auth::{self, Algorithm, LocalIdentity};
 use catbird_mls::config::ServeConfig;
@@ -130,6 +135,47 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+    }
+}
+
+/// Asserts that a call failed with the declared error `expected` and HTTP
+/// `status`; returns the error's message for further checks.
+pub fn assert_declared<T, E: DeclaredError + PartialEq + Debug>(
+    result: Result<T, ClientError<E>>,
+    expected: E,
+    status: StatusCode,
+) -> String {
+    match result {
+        Err(ClientError::Method(error)) => {
+            assert_eq!(error.declared_error(), Some(&expected), "{error}");
+            assert_eq!(error.status(), status, "{error}");
+            error.message().to_owned()
+        }
+        Err(other) => panic!("expected {} ({status}), got {other}", expected.name()),
+        Ok(_) => panic!("expected {} ({status}), got a success", expected.name()),
+    }
+}
+
+/// The whole log of a conversation as `client` may read it, paging with
+/// getMessages until `lastSeq` stops advancing; asserts there are no gaps.
+pub async fn read_log(client: &Client, convo: &str) -> Vec<MessageView> {
+    let mut entries = Vec::new();
+    let mut since = 0;
+    loop {
+        let page = client
+            .get_messages(&get_messages::Params {
+                convo_id: convo.to_owned(),
+                since_seq: since,
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert!(!page.gap_info.has_gaps, "{:?}", page.gap_info);
+        entries.extend(page.messages);
+        if page.last_seq == since {
+            return entries;
+        }
+        since = page.last_seq;
     }
 }
 
