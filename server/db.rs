@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use catbird_generated::runtime::Did;
 use sqlx::PgPool;
+
+use crate::error::ServiceError;
 use sqlx::postgres::PgPoolOptions;
 
 /// The migrations under `migrations/`, compiled into the binary.
@@ -24,6 +27,12 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Er
 /// Applies every pending migration.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
+}
+
+/// A DID read back from a table: validated on the way in, so a failure here
+/// is our bug, not the caller's.
+pub fn stored_did(did: &str) -> Result<Did, ServiceError> {
+    Did::new(did).map_err(|e| ServiceError::Internal(format!("stored DID {did:?}: {e}")))
 }
 
 /// Whether the database answers.

@@ -6,6 +6,8 @@ use std::fmt;
 
 use catbird_generated::runtime::Did;
 
+use crate::error::ServiceError;
+
 /// Longest device name after the `#`, in bytes.
 const MAX_DEVICE_NAME: usize = 64;
 
@@ -53,6 +55,19 @@ impl DeviceId {
     pub fn from_credential_identity(identity: &[u8]) -> Result<Self, DeviceIdError> {
         let text = std::str::from_utf8(identity).map_err(|_| DeviceIdError::NoSeparator)?;
         Self::parse(text)
+    }
+
+    /// A `deviceId` parameter: it must be a device of the caller's own DID.
+    pub fn of_caller(identity: &str, caller: &Did) -> Result<Self, ServiceError> {
+        let device =
+            Self::parse(identity).map_err(|e| ServiceError::InvalidDevice(e.to_string()))?;
+        if device.did() != caller {
+            return Err(ServiceError::InvalidDevice(format!(
+                "{identity} is not a device of the caller {}",
+                caller.as_str()
+            )));
+        }
+        Ok(device)
     }
 
     /// The user the device belongs to.

@@ -77,19 +77,6 @@ impl Service {
     }
 }
 
-/// A `deviceId` parameter: a device of the caller's own DID.
-fn own_device(caller: &Caller, device_id: &str) -> Result<DeviceId, ServiceError> {
-    let device =
-        DeviceId::parse(device_id).map_err(|e| ServiceError::InvalidDevice(e.to_string()))?;
-    if device.did() != &caller.did {
-        return Err(ServiceError::InvalidDevice(format!(
-            "{device_id} is not a device of the caller {}",
-            caller.did.as_str()
-        )));
-    }
-    Ok(device)
-}
-
 impl mls::Handler for Service {
     async fn add_members(
         &self,
@@ -139,7 +126,7 @@ impl mls::Handler for Service {
         caller: Caller,
         input: confirm_welcome::Input,
     ) -> confirm_welcome::Response {
-        let device = own_device(&caller, &input.device_id)?;
+        let device = DeviceId::of_caller(&input.device_id, &caller.did)?;
         let group_id = self.existing_convo(&input.convo_id).await?;
         let state = welcomes::confirm(
             &self.state.db,
@@ -194,7 +181,7 @@ impl mls::Handler for Service {
         caller: Caller,
         params: get_expected_conversations::Params,
     ) -> get_expected_conversations::Response {
-        let device = own_device(&caller, &params.device_id)?;
+        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
         let (conversations, cursor) = listing::expected(
             &self.state.db,
             &caller.did,
@@ -235,11 +222,11 @@ impl mls::Handler for Service {
             .as_deref()
             .map(mls_crypto::requested_cipher_suite)
             .transpose()?;
+        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
         let status = keypackages::status(
             &self.state.db,
             &self.state.key_packages,
-            &caller.did,
-            &params.device_id,
+            &device,
             suite.as_ref(),
         )
         .await?;
@@ -305,7 +292,7 @@ impl mls::Handler for Service {
         caller: Caller,
         params: get_welcome::Params,
     ) -> get_welcome::Response {
-        let device = own_device(&caller, &params.device_id)?;
+        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
         let group_id = self.existing_convo(&params.convo_id).await?;
         let fetched = welcomes::fetch(
             &self.state.db,

@@ -45,9 +45,9 @@ pub async fn commit(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(commit);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
-        ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
-    })?;
+    let convo = store::lock(&mut tx, group_id)
+        .await?
+        .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     // Access first: replaying someone's accepted commit must not tell a
     // stranger anything.
     let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
@@ -330,9 +330,9 @@ pub async fn propose_leave(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(proposal);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id).await?.ok_or_else(|| {
-        ServiceError::ConvoNotFound(format!("no conversation {}", mls_crypto::to_hex(group_id)))
-    })?;
+    let convo = store::lock(&mut tx, group_id)
+        .await?
+        .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     check_access(
         &mut tx,
         group_id,

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::{ConvoSettings, require_convo, require_rejoin_access, store, welcomes};
+use crate::db;
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto;
@@ -30,13 +31,13 @@ fn to_view(convo: store::Convo, members: Vec<store::MemberRow>) -> Result<ConvoV
     });
     Ok(ConvoView {
         group_id: mls_crypto::to_hex(&convo.group_id),
-        creator: stored_did(&convo.creator)?,
+        creator: db::stored_did(&convo.creator)?,
         members: members
             .into_iter()
             .map(|m| {
                 Ok(MemberView {
                     device_id: m.device_id,
-                    did: stored_did(&m.did)?,
+                    did: db::stored_did(&m.did)?,
                     joined_at: Datetime::from(m.joined_at),
                     is_admin: m.is_admin,
                     leaf_index: i64::from(m.leaf_index),
@@ -49,11 +50,6 @@ fn to_view(convo: store::Convo, members: Vec<store::MemberRow>) -> Result<ConvoV
         last_message_at: convo.last_message_at.map(Datetime::from),
         metadata,
     })
-}
-
-/// DIDs in the tables were validated on the way in.
-pub(crate) fn stored_did(did: &str) -> Result<Did, ServiceError> {
-    Did::new(did).map_err(|e| ServiceError::Internal(format!("stored DID {did:?}: {e}")))
 }
 
 /// getConvos: the caller's current conversations, newest first. The cursor

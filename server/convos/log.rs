@@ -6,8 +6,8 @@ use catbird_generated::runtime::{Bytes, Datetime, Did};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::listing::stored_did;
 use super::{ConvoSettings, require_convo, require_member, sha256, store};
+use crate::db;
 use crate::error::ServiceError;
 use crate::groups::engine::{self, EngineError};
 use crate::mls_crypto;
@@ -157,7 +157,7 @@ pub async fn read(
                 epoch: entry.epoch,
                 kind: message_kind(&entry.kind)?,
                 payload: Bytes(entry.payload),
-                sender: entry.sender.as_deref().map(stored_did).transpose()?,
+                sender: entry.sender.as_deref().map(db::stored_did).transpose()?,
                 created_at: Datetime::from(entry.created_at),
             })
         })

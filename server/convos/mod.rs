@@ -48,7 +48,7 @@ fn lowercase_hex(text: &str) -> Option<Vec<u8>> {
     mls_crypto::from_hex(text).filter(|_| lowercase)
 }
 
-fn not_found(convo_id: &str) -> ServiceError {
+pub(crate) fn not_found(convo_id: &str) -> ServiceError {
     ServiceError::ConvoNotFound(format!("no conversation {convo_id}"))
 }
 

@@ -23,7 +23,7 @@ pub(super) fn lexicon_suite() -> CipherSuite {
 
 /// What the devices' leaves support beyond the defaults: the last_resort
 /// extension, which a KeyPackage may only carry if its leaf declares it.
-pub(super) fn capabilities() -> Capabilities {
+pub fn capabilities() -> Capabilities {
     Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
 }
 
@@ -31,7 +31,7 @@ pub(super) fn capabilities() -> Capabilities {
 /// service validates every commit against its public view of the group;
 /// the ratchet tree travels in GroupInfo and Welcome so that joiners need
 /// nothing else.
-pub(super) fn create_config() -> MlsGroupCreateConfig {
+pub fn create_config() -> MlsGroupCreateConfig {
     MlsGroupCreateConfig::builder()
         .ciphersuite(SUITE)
         .capabilities(capabilities())
@@ -43,7 +43,7 @@ pub(super) fn create_config() -> MlsGroupCreateConfig {
 /// How a device joins a group (Welcome or external commit). The wire format
 /// policy must match the creator's, or members reject each other's
 /// plaintext commits.
-pub(super) fn join_config() -> MlsGroupJoinConfig {
+pub fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)

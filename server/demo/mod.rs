@@ -10,7 +10,7 @@
 
 mod device;
 mod error;
-mod mls;
+pub mod mls;
 pub mod story;
 
 pub use device::{Device, LocalMember, Received};

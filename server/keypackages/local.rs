@@ -5,12 +5,11 @@
 
 use catbird_generated::lexicons::blue::catbird::mls::defs::CipherSuite;
 use openmls::prelude::tls_codec::Serialize as _;
-use openmls::prelude::{
-    BasicCredential, Capabilities, CredentialWithKey, ExtensionType, KeyPackage, MlsMessageOut,
-};
+use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage, MlsMessageOut};
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
+use crate::demo;
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto;
@@ -32,9 +31,7 @@ pub fn throwaway_key_package(
         signature_key: signer.public().into(),
     };
     // A KeyPackage may only carry extensions its leaf declares support for.
-    let capabilities =
-        Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None);
-    let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+    let mut builder = KeyPackage::builder().leaf_node_capabilities(demo::mls::capabilities());
     if last_resort {
         builder = builder.mark_as_last_resort();
     }

@@ -15,6 +15,7 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::{
 use catbird_generated::runtime::{Bytes, Datetime, Did};
 use sqlx::PgPool;
 
+use crate::db;
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto as mls;
@@ -175,7 +176,7 @@ pub async fn fetch(
         .into_iter()
         .map(|p| {
             Ok(KeyPackageRef {
-                did: stored_did(&p.did)?,
+                did: db::stored_did(&p.did)?,
                 device_id: p.device_id,
                 key_package: Bytes(p.key_package),
                 key_package_hash: mls::to_hex(&p.key_package_ref),
@@ -192,14 +193,9 @@ pub async fn fetch(
 
 fn missing_entry(did: &str, device: Option<&str>) -> Result<MissingKeyPackage, ServiceError> {
     Ok(MissingKeyPackage {
-        did: stored_did(did)?,
+        did: db::stored_did(did)?,
         device_id: device.map(str::to_owned),
     })
-}
-
-/// DIDs in the table were validated on the way in.
-fn stored_did(did: &str) -> Result<Did, ServiceError> {
-    Did::new(did).map_err(|e| ServiceError::Internal(format!("stored DID {did:?}: {e}")))
 }
 
 /// A device's KeyPackage supply.
@@ -211,26 +207,18 @@ pub struct Status {
     pub target_count: u32,
 }
 
-/// How many KeyPackages one of the caller's devices has left.
+/// How many KeyPackages a device has left (the caller's own: see
+/// [`DeviceId::of_caller`]).
 pub async fn status(
     db: &PgPool,
     limits: &KeyPackageLimits,
-    caller: &Did,
-    device_id: &str,
+    device: &DeviceId,
     cipher_suite: Option<&CipherSuite>,
 ) -> Result<Status, ServiceError> {
-    let device =
-        DeviceId::parse(device_id).map_err(|e| ServiceError::InvalidDevice(e.to_string()))?;
-    if device.did() != caller {
-        return Err(ServiceError::InvalidDevice(format!(
-            "{device_id} is not a device of the caller {}",
-            caller.as_str()
-        )));
-    }
     let suite = cipher_suite.map(CipherSuite::as_str);
-    let device_id = device.to_string();
-    let available = store::count_unused(db, caller, &device_id, suite).await?;
-    let last_resort = store::has_last_resort(db, caller, &device_id, suite).await?;
+    let (did, device_id) = (device.did(), device.to_string());
+    let available = store::count_unused(db, did, &device_id, suite).await?;
+    let last_resort = store::has_last_resort(db, did, &device_id, suite).await?;
     Ok(Status {
         available,
         last_resort,

@@ -16,12 +16,14 @@ use catbird_mls::auth::LocalIdentity;
 use catbird_mls::mls_crypto::{from_hex, to_hex};
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, NewSignerBundle,
-    PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent, ProtocolVersion, StagedWelcome,
+    BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, NewSignerBundle, ProcessedMessageContent, ProtocolVersion,
+    StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider as _;
+
+use catbird_mls::demo::mls::{create_config, join_config};
 
 use super::TestApp;
 use super::mls::{self, SUITE, SUITE_NAME};
@@ -451,24 +453,6 @@ pub fn prepared(
         commit: to_bytes(&commit),
         group_info: to_bytes(&group_info.expect("a GroupInfo for the new epoch")),
     }
-}
-
-/// The demo's group settings: plaintext handshakes (the service validates
-/// them), the ratchet tree in GroupInfo and Welcome.
-pub fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(SUITE)
-        .capabilities(mls::capabilities())
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
-}
-
-pub fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
 }
 
 pub fn to_bytes(message: &MlsMessageOut) -> Bytes {

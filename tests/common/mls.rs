@@ -4,8 +4,7 @@
 use catbird_generated::runtime::{Bytes, Did};
 use openmls::prelude::tls_codec::Serialize as _;
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage,
-    KeyPackageBuilder, MlsMessageOut,
+    BasicCredential, Ciphersuite, CredentialWithKey, KeyPackage, KeyPackageBuilder, MlsMessageOut,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -74,11 +73,8 @@ impl Device {
     }
 }
 
-/// What the test devices support beyond the defaults: the last_resort
-/// extension (a KeyPackage may only carry extensions its leaf supports).
-pub fn capabilities() -> Capabilities {
-    Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
-}
+/// The leaf capabilities apps use (the last_resort extension).
+pub use catbird_mls::demo::mls::capabilities;
 
 /// The MLSMessage (wire format mls_key_package) of a KeyPackage.
 pub fn message(key_package: KeyPackage) -> Vec<u8> {

@@ -5,17 +5,16 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::CipherSuite;
 use catbird_generated::runtime::Did;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CommitMessageBundle, CredentialWithKey,
-    ExtensionType, GroupId, KeyPackage, LeafNodeParameters, MlsGroup, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut, OpenMlsCrypto as _,
-    OpenMlsProvider as _, PURE_PLAINTEXT_WIRE_FORMAT_POLICY, ProcessedMessageContent,
-    StagedWelcome,
+    BasicCredential, Ciphersuite, CommitMessageBundle, CredentialWithKey, GroupId, KeyPackage,
+    LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    OpenMlsCrypto as _, OpenMlsProvider as _, ProcessedMessageContent, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use sha2::{Digest as _, Sha256};
 
 use super::*;
+use crate::demo::mls::{capabilities, create_config, join_config};
 
 const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 const GROUP: &[u8] = b"engine test group";
@@ -27,28 +26,6 @@ fn suite() -> CipherSuite {
 
 fn did(name: &str) -> Did {
     Did::new(format!("did:plc:{name}")).expect("a valid DID")
-}
-
-/// What the test devices support beyond the defaults, as in the apps: the
-/// last_resort extension.
-fn capabilities() -> Capabilities {
-    Capabilities::new(None, None, Some(&[ExtensionType::LastResort]), None, None)
-}
-
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(SUITE)
-        .capabilities(capabilities())
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
-}
-
-fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .use_ratchet_tree_extension(true)
-        .wire_format_policy(PURE_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .build()
 }
 
 /// One installation of an app: a credential identity, a signature key and
