@@ -376,23 +376,9 @@ pub fn apply_self_remove_proposal(
 }
 
 /// sendMessage: an application message must be a PrivateMessage of this
-/// group, at the current epoch, of content type application. Returns the
-/// epoch. (The content is encrypted; this is all the service can check.)
-pub fn check_application_message(
-    state: &[u8],
-    group_id: &[u8],
-    message: &[u8],
-) -> Result<u64, EngineError> {
-    let current = load_context(&load_state(state)?, group_id)?
-        .epoch()
-        .as_u64();
-    check_application_header(group_id, current, message)?;
-    Ok(current)
-}
-
-/// sendMessage without loading the group: the PrivateMessage's clear header
-/// (group id, epoch, content type) checked against the conversation's id
-/// and its current epoch, which the caller holds.
+/// group, at the current epoch, of content type application. Only its clear
+/// header is read (the content is encrypted), so the group is not loaded:
+/// the caller holds the conversation's current epoch.
 pub fn check_application_header(
     group_id: &[u8],
     current_epoch: u64,

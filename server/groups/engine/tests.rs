@@ -16,6 +16,18 @@ use sha2::{Digest as _, Sha256};
 use super::*;
 use crate::demo::mls::{capabilities, create_config, join_config};
 
+/// The header check against the stored group's epoch, as the service does
+/// it with the epoch from its conversation row.
+fn check_application_message(
+    state: &[u8],
+    group_id: &[u8],
+    message: &[u8],
+) -> Result<u64, EngineError> {
+    let current = epoch(state, group_id)?;
+    check_application_header(group_id, current, message)?;
+    Ok(current)
+}
+
 const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 const GROUP: &[u8] = b"engine test group";
 const OTHER_GROUP: &[u8] = b"another group";
