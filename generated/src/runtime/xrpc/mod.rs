@@ -7,7 +7,7 @@
 //! | [`error`] | the `{"error", "message"}` bodies, runtime and declared |
 //! | [`params`] | strict query strings from the parameter table |
 //! | [`body`] | JSON, raw and empty bodies; Content-Type rules |
-//! | [`server`] | axum method routers, auth hook, fallback, body limit |
+//! | [`server`] | axum method routers, auth and intercept hooks, fallback, body limit |
 //! | [`frames`] | DAG-CBOR event-stream frames |
 //! | [`client`] | a typed HTTP + WebSocket client |
 
@@ -33,8 +33,8 @@ pub use frames::{
 pub use params::{Params, encode_params, parse_params};
 pub use route::{MethodKind, Param, ParamKind, Route};
 pub use server::{
-    BodyLimit, DEFAULT_BODY_LIMIT, SubscriptionStream, XrpcService, body_limit_layer, finish,
-    procedure, query, subscription,
+    BodyLimit, DEFAULT_BODY_LIMIT, Intercept, ResponseObserver, SubscriptionStream, XrpcService,
+    body_limit_layer, finish, procedure, query, subscription,
 };
 pub use unknown_frames::{decode_unknown_frame, encode_unknown_frame_body, unknown_frame_type};
 

@@ -3,7 +3,8 @@
 //!
 //! Each method router runs the same fixed pipeline, so the order is a
 //! property of the runtime rather than of each handler:
-//! verb check -> `authenticate` -> parameters -> body -> handler -> encoding.
+//! verb check -> `authenticate` -> parameters -> body -> `intercept`
+//! (procedures) -> decoding -> handler -> encoding.
 //! Authentication comes before any parsing, so an unauthenticated request
 //! never learns anything about the method's inputs and never reaches a
 //! handler.
@@ -17,6 +18,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::extract::{FromRequestParts, Request};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
+use bytes::Bytes;
 use futures_util::{FutureExt as _, SinkExt as _, Stream, StreamExt as _};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::request::Parts;
@@ -46,7 +48,39 @@ pub trait XrpcService: Send + Sync + 'static {
         nsid: &'static str,
         request: &Parts,
     ) -> impl Future<Output = Result<Self::Caller, XrpcError>> + Send;
+
+    /// Sees every procedure call once its caller is known and its body read,
+    /// before the body is decoded: the place for policies that work on the
+    /// request as sent, such as answering a retry from a stored response.
+    /// The default runs the handler.
+    fn intercept(
+        &self,
+        route: &'static Route,
+        caller: &Self::Caller,
+        body: &Bytes,
+    ) -> impl Future<Output = Intercept> + Send {
+        let _unused = (route, caller, body);
+        std::future::ready(Intercept::Proceed)
+    }
 }
+
+/// What [`XrpcService::intercept`] decides for one procedure call.
+pub enum Intercept {
+    /// Decode the body and run the handler.
+    Proceed,
+    /// Run as usual, then pass the response (the handler's, or the error
+    /// that decoding or the handler produced) through this function before
+    /// it is sent. If the request is dropped first (the client went away,
+    /// the handler panicked) the function is dropped without being called.
+    Observe(ResponseObserver),
+    /// Send this response; the body is not decoded and the handler does not
+    /// run.
+    Answer(Response),
+}
+
+/// The function of [`Intercept::Observe`].
+pub type ResponseObserver =
+    Box<dyn FnOnce(Response) -> std::pin::Pin<Box<dyn Future<Output = Response> + Send>> + Send>;
 
 /// What a subscription handler streams: boxed, so a generated trait can
 /// name one type for every implementation (`Box::pin(stream)`).
@@ -117,13 +151,25 @@ where
                 Ok(admitted) => admitted,
                 Err(error) => return error.into_response(),
             };
-            let input = match read_input::<I>(route, &parts, body).await {
-                Ok(input) => input,
+            let bytes = match read_body(&parts, body).await {
+                Ok(bytes) => bytes,
                 Err(error) => return error.into_response(),
             };
-            match handler(service, caller, params, input).await {
-                Ok(output) => output.into_response(route),
+            let observer = match service.intercept(route, &caller, &bytes).await {
+                Intercept::Proceed => None,
+                Intercept::Observe(observer) => Some(observer),
+                Intercept::Answer(response) => return response,
+            };
+            let response = match decode_input::<I>(route, &parts, bytes) {
+                Ok(input) => match handler(service, caller, params, input).await {
+                    Ok(output) => output.into_response(route),
+                    Err(error) => error.into_response(),
+                },
                 Err(error) => error.into_response(),
+            };
+            match observer {
+                Some(observe) => observe(response).await,
+                None => response,
             }
         })
     })
@@ -194,12 +240,8 @@ async fn admit<S: XrpcService, P: Params>(
     Ok((caller, params))
 }
 
-/// Reads the body within the limit and decodes it as the method's input.
-async fn read_input<I: InputBody>(
-    route: &Route,
-    parts: &Parts,
-    body: axum::body::Body,
-) -> Result<I, XrpcError> {
+/// Reads the body within the limit.
+async fn read_body(parts: &Parts, body: axum::body::Body) -> Result<Bytes, XrpcError> {
     let limit = parts
         .extensions
         .get::<BodyLimit>()
@@ -213,17 +255,19 @@ async fn read_input<I: InputBody>(
     if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
         return Err(XrpcError::payload_too_large(limit));
     }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(XrpcError::payload_too_large(limit));
+            Err(XrpcError::payload_too_large(limit))
         }
-        Err(error) => {
-            return Err(XrpcError::invalid_request(format!(
-                "could not read the request body: {error}"
-            )));
-        }
-    };
+        Err(error) => Err(XrpcError::invalid_request(format!(
+            "could not read the request body: {error}"
+        ))),
+    }
+}
+
+/// Decodes a body as the method's input, by its declared encoding.
+fn decode_input<I: InputBody>(route: &Route, parts: &Parts, bytes: Bytes) -> Result<I, XrpcError> {
     let content_type = parts
         .headers
         .get(CONTENT_TYPE)

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::request::Parts;
@@ -204,6 +206,7 @@ impl EventMessage for Event {
 #[derive(Default)]
 struct Service {
     handled: AtomicUsize,
+    intercepted: AtomicUsize,
 }
 
 /// Tokens are `good:<nsid>`: bound to one method, as service auth's `lxm`.
@@ -218,6 +221,39 @@ impl XrpcService for Service {
             Ok("did:example:alice".to_owned())
         } else {
             Err(XrpcError::invalid_token("token is not for this method"))
+        }
+    }
+
+    /// `createThing` bodies choose: `"cached"` is answered here, `"observed"`
+    /// runs with the observer marking the response with its status.
+    async fn intercept(&self, route: &'static Route, caller: &String, body: &Bytes) -> Intercept {
+        assert_eq!(caller, "did:example:alice");
+        self.intercepted.fetch_add(1, Ordering::SeqCst);
+        if route.nsid != CREATE_THING.nsid {
+            return Intercept::Proceed;
+        }
+        let text = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|body| body["text"].as_str().map(str::to_owned));
+        match text.as_deref() {
+            Some("cached") => Intercept::Answer(
+                (
+                    StatusCode::ACCEPTED,
+                    [(CONTENT_TYPE, "application/json")],
+                    r#"{"cached":true,"by":"intercept"}"#,
+                )
+                    .into_response(),
+            ),
+            Some(text) if text.starts_with("observed") => {
+                Intercept::Observe(Box::new(|mut response: Response| {
+                    Box::pin(async move {
+                        let status = HeaderValue::from(response.status().as_u16());
+                        response.headers_mut().insert("x-observed", status);
+                        response
+                    })
+                }))
+            }
+            _ => Intercept::Proceed,
         }
     }
 }
@@ -264,7 +300,8 @@ fn app_with(service: Arc<Service>) -> Router {
                 procedure(
                     Arc::clone(&service),
                     &CREATE_THING,
-                    |_, caller, _: NoParams, input: CreateInput| async move {
+                    |service: Arc<Service>, caller, _: NoParams, input: CreateInput| async move {
+                        service.handled.fetch_add(1, Ordering::SeqCst);
                         Ok::<_, MethodError<NoError>>(ThingOutput {
                             uri: format!("at://{caller}/thing/{}", input.text),
                             caller,
@@ -579,6 +616,51 @@ async fn body_rules() {
     let (status, _, body) = raw(ping_with_body).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["message"], "this method takes no input");
+}
+
+#[tokio::test]
+async fn intercept_answers_observes_or_lets_through() {
+    let service = Arc::new(Service::default());
+    let base = serve(app_with(Arc::clone(&service))).await;
+    let http = reqwest::Client::new();
+    let create = |token: String, text: &str| {
+        http.post(format!("{base}/xrpc/com.example.createThing"))
+            .header(AUTHORIZATION, token)
+            .header(CONTENT_TYPE, "application/json")
+            .body(format!(r#"{{"text":"{text}"}}"#))
+    };
+
+    // Rejected callers never reach the hook.
+    let (status, _, _) = raw(create("Bearer forged".to_owned(), "cached")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(service.intercepted.load(Ordering::SeqCst), 0);
+
+    // Answered: the hook's response as it is, the handler not run.
+    let (status, _, body) = raw(create(token(CREATE_THING.nsid), "cached")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body, serde_json::json!({"cached": true, "by": "intercept"}));
+    assert_eq!(service.handled.load(Ordering::SeqCst), 0);
+
+    // Observed: the handler runs and the observer sees its response ...
+    let (status, headers, body) = raw(create(token(CREATE_THING.nsid), "observed")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-observed"], "200");
+    assert_eq!(body["uri"], "at://did:example:alice/thing/observed");
+    assert_eq!(service.handled.load(Ordering::SeqCst), 1);
+
+    // ... and the decoding errors too, which come after the hook.
+    let (status, headers, body) = raw(create(token(CREATE_THING.nsid), "observed-too-long")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(headers["x-observed"], "400");
+    assert_eq!(body["error"], "InvalidRequest");
+    assert_eq!(service.handled.load(Ordering::SeqCst), 1);
+
+    // Let through: no trace of the hook.
+    let (status, headers, _) = raw(create(token(CREATE_THING.nsid), "plain")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("x-observed"));
+    assert_eq!(service.handled.load(Ordering::SeqCst), 2);
+    assert_eq!(service.intercepted.load(Ordering::SeqCst), 4);
 }
 
 /// A chunked body has no Content-Length to refuse early; the limit must
