@@ -2,6 +2,7 @@
 //! generated traits, behind the request telemetry.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,7 +20,9 @@ use crate::auth::did::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
 use crate::config::{ConfigError, DidResolution, ServeConfig};
 use crate::convos::ConvoSettings;
+use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
+use crate::ratelimit::RateLimits;
 use crate::service::Service;
 use crate::telemetry;
 
@@ -30,6 +33,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub key_packages: KeyPackageLimits,
     pub convos: ConvoSettings,
+    pub limits: RateLimits,
+    pub idempotency: Idempotency,
+    pub audit_retention: Duration,
 }
 
 impl AppState {
@@ -51,11 +57,14 @@ impl AppState {
         };
         let verifier = Verifier::new(service_did, resolver, PgReplayStore::new(db.clone()));
         Ok(Self {
-            db,
+            db: db.clone(),
             verifier,
             metrics: telemetry::metrics_handle(),
             key_packages,
             convos: config.convo_settings(),
+            limits: RateLimits::new(&config.rate_limit_settings()?),
+            idempotency: Idempotency::new(db, config.idempotency_settings()),
+            audit_retention: config.audit_retention(),
         })
     }
 }

@@ -4,10 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use catbird_generated::runtime::xrpc::http::HeaderName;
 use clap::{Args, ValueEnum};
 
 use crate::convos::ConvoSettings;
+use crate::idempotency::IdempotencySettings;
 use crate::keypackages::KeyPackageLimits;
+use crate::ratelimit::{ClassLimits, RateLimitSettings};
 
 /// A setting that cannot work, named by its flag.
 #[derive(Debug, thiserror::Error)]
@@ -84,16 +90,100 @@ pub struct ServeConfig {
     /// How long a user whose last device left may still rejoin, in days.
     #[arg(long, env = "CATBIRD_REJOIN_WINDOW_DAYS", default_value_t = 30)]
     pub rejoin_window_days: u32,
-    /// How often expired token ids and KeyPackages are deleted, in seconds.
+    /// How often expired token ids, KeyPackages, idempotency keys and audit
+    /// events are deleted, in seconds.
     #[arg(long, env = "CATBIRD_CLEANUP_INTERVAL_SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub cleanup_interval_seconds: u64,
+    /// How long an idempotencyKey and its stored response are kept, in
+    /// seconds (the lexicons promise at least 24 hours).
+    #[arg(long, env = "CATBIRD_IDEMPOTENCY_TTL_SECONDS", default_value_t = 24 * 60 * 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idempotency_ttl_seconds: u64,
+    /// How long a request waits for a concurrent one with the same
+    /// idempotencyKey before answering IdempotencyKeyInProgress, in seconds.
+    #[arg(long, env = "CATBIRD_IDEMPOTENCY_WAIT_SECONDS", default_value_t = 10)]
+    pub idempotency_wait_seconds: u64,
+    /// Requests per minute per caller DID for queries (0: unlimited).
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_READ", default_value_t = 600)]
+    pub rate_limit_read: u32,
+    /// Requests per minute per caller DID for procedures (0: unlimited).
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_WRITE", default_value_t = 300)]
+    pub rate_limit_write: u32,
+    /// getKeyPackages calls per minute per caller DID (0: unlimited). Each
+    /// call uses up other users' KeyPackages, hence the stricter default.
+    #[arg(
+        long,
+        env = "CATBIRD_RATE_LIMIT_KEY_PACKAGE_FETCH",
+        default_value_t = 20
+    )]
+    pub rate_limit_key_package_fetch: u32,
+    /// Requests per minute per client address for queries (0: unlimited).
+    /// Behind PDS proxying many users share a PDS's address: keep these
+    /// well above the per-caller limits.
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_READ", default_value_t = 6000)]
+    pub rate_limit_ip_read: u32,
+    /// Requests per minute per client address for procedures (0: unlimited).
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_WRITE", default_value_t = 3000)]
+    pub rate_limit_ip_write: u32,
+    /// getKeyPackages calls per minute per client address (0: unlimited).
+    #[arg(
+        long,
+        env = "CATBIRD_RATE_LIMIT_IP_KEY_PACKAGE_FETCH",
+        default_value_t = 600
+    )]
+    pub rate_limit_ip_key_package_fetch: u32,
+    /// Take the client address from this header (set by a trusted reverse
+    /// proxy; its last entry) instead of the connection, e.g.
+    /// `x-forwarded-for`.
+    #[arg(long, env = "CATBIRD_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<String>,
+    /// How long audit events are kept, in days.
+    #[arg(long, env = "CATBIRD_AUDIT_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_retention_days: u32,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "CATBIRD_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
 }
 
 impl ServeConfig {
+    /// The idempotency settings.
+    pub fn idempotency_settings(&self) -> IdempotencySettings {
+        IdempotencySettings {
+            ttl: Duration::from_secs(self.idempotency_ttl_seconds),
+            wait: Duration::from_secs(self.idempotency_wait_seconds),
+        }
+    }
+
+    /// The rate limits.
+    pub fn rate_limit_settings(&self) -> Result<RateLimitSettings, ConfigError> {
+        let client_ip_header = self
+            .client_ip_header
+            .as_deref()
+            .map(|name| HeaderName::from_bytes(name.as_bytes()))
+            .transpose()
+            .map_err(|e| ConfigError(format!("--client-ip-header: {e}")))?;
+        Ok(RateLimitSettings {
+            per_caller: ClassLimits {
+                read: NonZeroU32::new(self.rate_limit_read),
+                write: NonZeroU32::new(self.rate_limit_write),
+                key_package_fetch: NonZeroU32::new(self.rate_limit_key_package_fetch),
+            },
+            per_ip: ClassLimits {
+                read: NonZeroU32::new(self.rate_limit_ip_read),
+                write: NonZeroU32::new(self.rate_limit_ip_write),
+                key_package_fetch: NonZeroU32::new(self.rate_limit_ip_key_package_fetch),
+            },
+            client_ip_header,
+        })
+    }
+
+    /// How long audit events are kept.
+    pub fn audit_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.audit_retention_days) * 24 * 60 * 60)
+    }
+
     /// The group lifecycle settings.
     pub fn convo_settings(&self) -> ConvoSettings {
         ConvoSettings {

@@ -61,6 +61,12 @@ pub enum ServiceError {
     WelcomeConsumed(String),
     #[error("{0}")]
     InvalidCursor(String),
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    #[error("{0}")]
+    IdempotencyKeyInProgress(String),
+    #[error("{0}")]
+    ExternalCommitNotEnabled(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -68,6 +74,11 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// The lexicon error name, or `None` for our own failures.
+    pub fn name(&self) -> Option<&'static str> {
+        self.name_and_status().map(|(name, _)| name)
+    }
+
     /// The lexicon error name and the status the service answers it with,
     /// or `None` for our own failures.
     fn name_and_status(&self) -> Option<(&'static str, StatusCode)> {
@@ -94,6 +105,13 @@ impl ServiceError {
             Self::WelcomeNotFound(_) => ("WelcomeNotFound", StatusCode::NOT_FOUND),
             Self::WelcomeConsumed(_) => ("WelcomeConsumed", StatusCode::GONE),
             Self::InvalidCursor(_) => ("InvalidCursor", StatusCode::BAD_REQUEST),
+            Self::IdempotencyKeyReused(_) => {
+                ("IdempotencyKeyReused", StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Self::IdempotencyKeyInProgress(_) => ("IdempotencyKeyInProgress", StatusCode::CONFLICT),
+            Self::ExternalCommitNotEnabled(_) => {
+                ("ExternalCommitNotEnabled", StatusCode::FORBIDDEN)
+            }
             Self::Database(_) | Self::Internal(_) => return None,
         })
     }
@@ -123,19 +141,25 @@ impl<E: DeclaredError> From<ServiceError> for MethodError<E> {
     /// with the status chosen above. Our own failures become a 500 whose
     /// cause is only logged.
     fn from(error: ServiceError) -> Self {
-        let Some((name, status)) = error.name_and_status() else {
-            return XrpcError::internal(&error).into();
-        };
-        match E::from_name(name) {
-            Some(declared) => {
-                MethodError::declared(declared, error.to_string()).with_status(status)
+        if let Some((name, status)) = error.name_and_status() {
+            if let Some(declared) = E::from_name(name) {
+                return MethodError::declared(declared, error.to_string()).with_status(status);
             }
             // A method returning an error its lexicon does not declare is
             // our bug, but the caller still gets the same name and status.
-            None => {
-                tracing::warn!(error = name, "error not declared by the method's lexicon");
-                XrpcError::new(status, name, error.to_string()).into()
-            }
+            tracing::warn!(error = name, "error not declared by the method's lexicon");
+        }
+        XrpcError::from(error).into()
+    }
+}
+
+impl From<ServiceError> for XrpcError {
+    /// Where no method type is at hand (the hooks): the lexicon error by
+    /// name and status, or a 500 whose cause is only logged.
+    fn from(error: ServiceError) -> Self {
+        match error.name_and_status() {
+            Some((name, status)) => XrpcError::new(status, name, error.to_string()),
+            None => XrpcError::internal(&error),
         }
     }
 }

@@ -7,9 +7,11 @@
 //! auth), [`device`] (`did#device` identities), [`mls_crypto`] (OpenMLS
 //! crypto and cipher suites), [`error`] (typed errors to XRPC errors, in one
 //! place), [`db`] (pool, migrations), [`maintenance`] (cleanup jobs),
-//! [`telemetry`] (logs, metrics).
+//! [`telemetry`] (logs, metrics). Around every method: [`ratelimit`],
+//! [`idempotency`], [`audit`]; [`rollout`] switches external commits.
 
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod convos;
@@ -18,9 +20,12 @@ pub mod demo;
 pub mod device;
 pub mod error;
 pub mod groups;
+pub mod idempotency;
 pub mod keypackages;
 pub mod maintenance;
 pub mod mls_crypto;
+pub mod ratelimit;
+pub mod rollout;
 pub mod service;
 pub mod telemetry;
 

@@ -1,12 +1,13 @@
 //! `catbird-mls`: the delivery service and its local tooling.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use catbird_generated::lexicons::blue::catbird::mls::publish_key_package;
 use catbird_mls::config::ServeConfig;
 use catbird_mls::device::DeviceId;
-use catbird_mls::{app, db, demo, keypackages, maintenance, mls_crypto, telemetry};
+use catbird_mls::{app, db, demo, keypackages, maintenance, mls_crypto, rollout, telemetry};
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -78,6 +79,28 @@ enum Command {
         #[arg(long)]
         last_resort: bool,
     },
+    /// Show or change the external-commit rollout switch, for every
+    /// running service process at once (it is read per request). Prints
+    /// the resulting state as JSON.
+    ExternalCommits {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Switch external commits on.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Switch external commits off: every caller gets ExternalCommitNotEnabled.
+        #[arg(long)]
+        disable: bool,
+        /// The share of users (by a stable hash of their DID) allowed.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+        /// Always allow this DID (while enabled); repeatable.
+        #[arg(long, value_name = "DID")]
+        allow: Vec<String>,
+        /// Remove this DID from the allow-list; repeatable.
+        #[arg(long, value_name = "DID")]
+        disallow: Vec<String>,
+    },
     /// Run the demo against a running service (`scripts/serve`): new local
     /// users alice and bob talk in a conversation, bob's phone is lost and
     /// his new phone rejoins by external commit. One line per step.
@@ -133,6 +156,22 @@ async fn main() -> std::process::ExitCode {
             did_directory,
             service_did,
         } => demo(url, did_directory, &service_did).await,
+        Command::ExternalCommits {
+            database_url,
+            enable,
+            disable,
+            percent,
+            allow,
+            disallow,
+        } => {
+            let change = rollout::Change {
+                enabled: (enable || disable).then_some(enable),
+                percent,
+                allow,
+                disallow,
+            };
+            external_commits(&database_url, &change).await
+        }
         Command::Token {
             did,
             method,
@@ -198,6 +237,22 @@ async fn demo(
     Ok(())
 }
 
+/// Applies a change to the rollout switch (none: just reads it) and prints
+/// the state.
+async fn external_commits(
+    database_url: &str,
+    change: &rollout::Change,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = db::connect(database_url, 1).await?;
+    db::migrate(&pool).await?;
+    let state = if change.is_empty() {
+        rollout::load(&pool).await?
+    } else {
+        rollout::change(&pool, change).await?
+    };
+    print_line(&serde_json::to_string(&state)?)
+}
+
 /// The tools print their result on stdout, for shell use.
 fn print_line(text: &str) -> Result<(), Box<dyn std::error::Error>> {
     writeln!(std::io::stdout(), "{text}")?;
@@ -208,10 +263,12 @@ async fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
     telemetry::init_logging(config.log_json);
     let pool = db::connect(&config.database_url, config.db_max_connections).await?;
     db::migrate(&pool).await?;
-    let state = Arc::new(app::AppState::new(&config, pool.clone())?);
+    let state = Arc::new(app::AppState::new(&config, pool)?);
     let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
-    tokio::spawn(maintenance::run_periodically(pool, cleanup));
-    let app = app::router(state, config.max_body_bytes);
+    tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
+    let app = app::router(state, config.max_body_bytes)
+        // The peer address, for per-address rate limits and the audit log.
+        .into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!(address = %listener.local_addr()?, version = catbird_mls::VERSION, "serving");
 

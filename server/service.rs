@@ -3,6 +3,9 @@
 //! its area (policy and storage); this file only routes.
 
 use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use catbird_generated::lexicons::blue::catbird::mls::{
     self, add_members, commit_group_change, confirm_welcome, create_convo, get_convos, get_epoch,
@@ -13,16 +16,18 @@ use catbird_generated::lexicons::blue::catbird::mls::{
 use catbird_generated::runtime::Datetime;
 use catbird_generated::runtime::xrpc::http::header::AUTHORIZATION;
 use catbird_generated::runtime::xrpc::http::request::Parts;
-use catbird_generated::runtime::xrpc::{XrpcError, XrpcService};
+use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError, XrpcService};
 
 use crate::app::AppState;
-use crate::auth::Caller;
+use crate::audit::{self, AuditEvent, AuditKind};
+use crate::auth::{self, AuthError, Caller};
 use crate::convos::commits::{self, CommitMethod};
 use crate::convos::{self, create, listing, log, welcomes};
 use crate::device::DeviceId;
 use crate::error::ServiceError;
-use crate::telemetry;
+use crate::ratelimit::MethodClass;
 use crate::{keypackages, mls_crypto};
+use crate::{rollout, telemetry};
 
 /// The XRPC service over the shared application state.
 #[derive(Clone)]
@@ -33,20 +38,54 @@ pub struct Service {
 impl XrpcService for Service {
     type Caller = Caller;
 
-    /// Service auth (DESIGN.md "Auth"), bound to the route's NSID.
+    /// The client address's rate limit, then service auth (DESIGN.md
+    /// "Auth") bound to the route's NSID, then the caller's rate limit: a
+    /// token that does not verify never spends its claimed issuer's budget.
     async fn authenticate(&self, nsid: &'static str, request: &Parts) -> Result<Caller, XrpcError> {
+        let class = MethodClass::of(nsid);
+        let client_ip = self.state.limits.client_ip(request);
+        if let Some(ip) = client_ip {
+            self.state.limits.check_ip(class, ip)?;
+        }
         let header = request
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let caller = self.state.verifier.verify(nsid, header).await?;
+        let mut caller = match self.state.verifier.verify(nsid, header).await {
+            Ok(caller) => caller,
+            Err(error) => {
+                if !matches!(error, AuthError::Internal(_)) {
+                    let claimed = auth::claimed_issuer(header).map(|mut issuer| {
+                        issuer.truncate(MAX_AUDITED_ISSUER);
+                        issuer
+                    });
+                    let event = AuditEvent::new(AuditKind::AuthFailed, claimed.as_deref(), nsid)
+                        .from_ip(client_ip)
+                        .because(error.to_string());
+                    audit::record(&self.state.db, event).await;
+                }
+                return Err(error.into());
+            }
+        };
+        self.state.limits.check_caller(class, caller.did.as_str())?;
+        caller.client_ip = client_ip;
         telemetry::record_caller(caller.did.as_str());
         Ok(caller)
     }
+
+    /// Idempotency keys, for the methods that declare them.
+    async fn intercept(&self, route: &'static Route, caller: &Caller, body: &Bytes) -> Intercept {
+        self.state.idempotency.intercept(route, caller, body).await
+    }
 }
 
+/// The most of an unverified `iss` claim kept in the audit log.
+const MAX_AUDITED_ISSUER: usize = 256;
+
 impl Service {
-    /// Every commit goes through the one path in `convos::commits`.
+    /// Every commit goes through the one path in `convos::commits`, and
+    /// is audited and counted here: external commits (after the rollout
+    /// switch), removals and bans, and every rejection with its reason.
     async fn commit(
         &self,
         caller: &Caller,
@@ -55,17 +94,81 @@ impl Service {
         commit: &[u8],
         group_info: &[u8],
     ) -> Result<commits::Accepted, ServiceError> {
-        let group_id = convos::group_id(convo_id)?;
-        commits::commit(
-            &self.state.db,
-            &caller.did,
-            &group_id,
-            &self.state.convos,
-            method,
-            commit,
-            group_info,
-        )
-        .await
+        let nsid = method.nsid();
+        let external = matches!(method, CommitMethod::External);
+        let removal = match &method {
+            CommitMethod::RemoveMember { did, ban } => Some((did.to_string(), *ban)),
+            _ => None,
+        };
+        let result = async {
+            if external {
+                self.require_external_commits(caller).await?;
+            }
+            let group_id = convos::group_id(convo_id)?;
+            commits::commit(
+                &self.state.db,
+                &caller.did,
+                &group_id,
+                &self.state.convos,
+                method,
+                commit,
+                group_info,
+            )
+            .await
+        }
+        .await;
+
+        let event = |kind| {
+            AuditEvent::new(kind, Some(caller.did.as_str()), nsid)
+                .from_ip(caller.client_ip)
+                .in_convo(convo_id)
+        };
+        match &result {
+            Ok(_) => {
+                if external {
+                    audit::record(&self.state.db, event(AuditKind::ExternalCommitAccepted)).await;
+                }
+                if let Some((did, ban)) = &removal {
+                    let kind = if *ban {
+                        AuditKind::MemberBanned
+                    } else {
+                        AuditKind::MemberRemoved
+                    };
+                    audit::record(&self.state.db, event(kind).subject(did)).await;
+                }
+            }
+            Err(error) => {
+                if let Some(reason) = error.name() {
+                    metrics::counter!("commits_rejected_total", "method" => nsid, "reason" => reason)
+                        .increment(1);
+                    let kind = if external {
+                        AuditKind::ExternalCommitRejected
+                    } else {
+                        AuditKind::CommitRejected
+                    };
+                    let event = event(kind).because(format!("{reason}: {error}"));
+                    audit::record(&self.state.db, event).await;
+                }
+            }
+        }
+        result
+    }
+
+    /// The rollout switch: off, or the caller outside the share and the
+    /// allow-list, means ExternalCommitNotEnabled.
+    async fn require_external_commits(&self, caller: &Caller) -> Result<(), ServiceError> {
+        let rollout = rollout::load(&self.state.db).await?;
+        if rollout.admits(caller.did.as_str()) {
+            return Ok(());
+        }
+        let why = if rollout.enabled {
+            "external commits are not yet rolled out to this account"
+        } else {
+            "external commits are switched off"
+        };
+        Err(ServiceError::ExternalCommitNotEnabled(format!(
+            "{why}: rejoin through a Welcome (another member re-adds this device with addMembers)"
+        )))
     }
 
     /// The group id of a conversation that exists.
@@ -205,6 +308,14 @@ impl mls::Handler for Service {
         let group_id = convos::group_id(&params.convo_id)?;
         let (group_info, epoch, expires_at) =
             listing::group_info(&self.state.db, &caller.did, &group_id, &self.state.convos).await?;
+        let event = AuditEvent::new(
+            AuditKind::GroupInfoFetched,
+            Some(caller.did.as_str()),
+            get_group_info::NSID,
+        )
+        .from_ip(caller.client_ip)
+        .in_convo(&params.convo_id);
+        audit::record(&self.state.db, event).await;
         Ok(get_group_info::Output {
             group_info: group_info.into(),
             epoch,
@@ -336,7 +447,9 @@ impl mls::Handler for Service {
         caller: Caller,
         input: process_external_commit::Input,
     ) -> process_external_commit::Response {
-        let accepted = self
+        let started = Instant::now();
+        metrics::counter!("external_commit_requests_total").increment(1);
+        let result = self
             .commit(
                 &caller,
                 &input.convo_id,
@@ -344,7 +457,11 @@ impl mls::Handler for Service {
                 &input.external_commit.0,
                 &input.group_info.0,
             )
-            .await?;
+            .await;
+        metrics::histogram!("external_commit_latency_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let accepted = result?;
+        metrics::counter!("external_commit_success_total").increment(1);
         Ok(process_external_commit::Output {
             epoch: accepted.epoch,
             seq: accepted.seq,

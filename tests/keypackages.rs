@@ -469,7 +469,7 @@ async fn expired_key_packages_are_never_handed_out(pool: PgPool) {
     assert_eq!((status.available, status.last_resort), (0, false));
 
     // The cleanup job deletes them: unused and long expired.
-    let cleaned = maintenance::run_once(&app.pool).await.unwrap();
+    let cleaned = maintenance::run_once(&app.state).await.unwrap();
     assert_eq!(cleaned.key_packages, 3);
     assert_eq!(stored_key_packages(&app.pool).await, 0);
 }

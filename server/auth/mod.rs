@@ -32,7 +32,7 @@ pub use did::{DidDocument, DidResolver, DirectoryResolver, NetworkResolver, Reso
 pub use keys::{Algorithm, PrivateKey, PublicKey};
 pub use local::{LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token};
 pub use replay::{MemoryReplayStore, PgReplayStore, ReplayStore};
-pub use verifier::{Caller, Verifier};
+pub use verifier::{Caller, Verifier, claimed_issuer};
 
 /// Why a request's credentials were not accepted.
 ///

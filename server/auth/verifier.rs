@@ -9,6 +9,7 @@
 //! 4. the `jti` has not been used (database) — last, so only authentic
 //!    tokens are recorded.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use catbird_generated::runtime::Did;
@@ -29,6 +30,16 @@ pub struct Caller {
     pub did: Did,
     /// The `iss` claim as sent, fragment included.
     pub issuer: String,
+    /// The client's address, when the service knows it (the verifier does
+    /// not: the service's auth hook fills it in).
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The issuer a bearer token claims, unverified: for the audit log of
+/// failed authentications, never for access decisions.
+pub fn claimed_issuer(authorization: Option<&str>) -> Option<String> {
+    let token = bearer_token(authorization?).ok()?;
+    Some(jwt::parse(token).ok()?.claims.iss)
 }
 
 /// Verifies service-auth tokens for one service DID.
@@ -112,7 +123,11 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
         if !self.replay.first_use(jti, &did, expires_at).await? {
             return Err(AuthError::Replayed);
         }
-        Ok(Caller { did, issuer })
+        Ok(Caller {
+            did,
+            issuer,
+            client_ip: None,
+        })
     }
 
     /// The claim checks that need no I/O; returns the `jti`.

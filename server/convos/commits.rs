@@ -5,6 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use catbird_generated::lexicons::blue::catbird::mls::{
+    add_members, commit_group_change, process_external_commit, remove_member,
+};
 use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -25,6 +28,18 @@ pub enum CommitMethod<'a> {
     RemoveMember { did: &'a Did, ban: bool },
     /// processExternalCommit: the caller's device (re)joins.
     External,
+}
+
+impl CommitMethod<'_> {
+    /// The XRPC method this commit came through.
+    pub fn nsid(&self) -> &'static str {
+        match self {
+            Self::AddMembers { .. } => add_members::NSID,
+            Self::GroupChange => commit_group_change::NSID,
+            Self::RemoveMember { .. } => remove_member::NSID,
+            Self::External => process_external_commit::NSID,
+        }
+    }
 }
 
 /// An accepted commit (or proposal).

@@ -35,6 +35,7 @@ pub async fn store(
     )
     .execute(tx)
     .await?;
+    count_transition("none", "available");
     Ok(())
 }
 
@@ -108,11 +109,14 @@ fn consumed(device: &DeviceId) -> ServiceError {
     ))
 }
 
+/// Moves a Welcome from state `from` to `state`, counted in
+/// `welcome_transitions_total`.
 async fn set_state(
     tx: &mut PgConnection,
     group_id: &[u8],
     device: &DeviceId,
-    state: &str,
+    from: &str,
+    state: &'static str,
     in_flight_until: Option<DateTime<Utc>>,
     error_details: Option<&str>,
 ) -> Result<(), sqlx::Error> {
@@ -128,7 +132,18 @@ async fn set_state(
     )
     .execute(tx)
     .await?;
+    count_transition(from, state);
     Ok(())
+}
+
+fn count_transition(from: &str, to: &'static str) {
+    let from = match from {
+        "available" => "available",
+        "in_flight" => "in_flight",
+        "consumed" => "consumed",
+        _ => "none",
+    };
+    metrics::counter!("welcome_transitions_total", "from" => from, "to" => to).increment(1);
 }
 
 /// getWelcome: hands the Welcome out and starts (or keeps) its grace window.
@@ -141,7 +156,8 @@ pub async fn fetch(
     let now = Utc::now();
     let mut tx = db.begin().await?;
     let row = lock_row(&mut tx, group_id, device).await?;
-    let (state_before, until) = match effective_state(&row, now) {
+    let from = effective_state(&row, now);
+    let (state_before, until) = match from {
         "available" => (WelcomeState::Available, now + grace),
         "in_flight" => (
             WelcomeState::InFlight,
@@ -149,12 +165,24 @@ pub async fn fetch(
         ),
         _ => {
             // Record that the window ended, so the row says what it is.
-            set_state(&mut tx, group_id, device, "consumed", None, None).await?;
+            set_state(
+                &mut tx, group_id, device, &row.state, "consumed", None, None,
+            )
+            .await?;
             tx.commit().await?;
             return Err(consumed(device));
         }
     };
-    set_state(&mut tx, group_id, device, "in_flight", Some(until), None).await?;
+    set_state(
+        &mut tx,
+        group_id,
+        device,
+        from,
+        "in_flight",
+        Some(until),
+        None,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Fetched {
         welcome: row.welcome,
@@ -177,14 +205,16 @@ pub async fn confirm(
     let now = Utc::now();
     let mut tx = db.begin().await?;
     let row = lock_row(&mut tx, group_id, device).await?;
-    let state = match (success, effective_state(&row, now)) {
+    let from = effective_state(&row, now);
+    let state = match (success, from) {
         (true, _) => {
-            set_state(&mut tx, group_id, device, "consumed", None, None).await?;
+            set_state(&mut tx, group_id, device, from, "consumed", None, None).await?;
             WelcomeState::Consumed
         }
         (false, "consumed") => return Err(consumed(device)),
         (false, _) => {
-            set_state(&mut tx, group_id, device, "available", None, error_details).await?;
+            let details = error_details;
+            set_state(&mut tx, group_id, device, from, "available", None, details).await?;
             WelcomeState::Available
         }
     };

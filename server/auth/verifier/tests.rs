@@ -90,7 +90,8 @@ async fn accepts_es256k_and_es256_tokens() {
             caller,
             Caller {
                 did: identity.did.clone(),
-                issuer: identity.did.to_string()
+                issuer: identity.did.to_string(),
+                client_ip: None,
             }
         );
     }

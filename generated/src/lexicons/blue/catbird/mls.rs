@@ -32,7 +32,7 @@ pub mod add_members {
         /// The GroupInfo for the epoch this commit creates, signed by the committer: an MLSMessage of wire format mls_group_info carrying the ratchet_tree and external_pub extensions, at most 4 MiB. The service checks it against its own merged state (group context, signer leaf, signature, tree) before storing it; getGroupInfo then serves it until the next commit.
         #[serde(rename = "groupInfo")]
         pub group_info: crate::runtime::Bytes,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -108,6 +108,8 @@ pub mod add_members {
         Banned,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -122,6 +124,7 @@ pub mod add_members {
                 Self::KeyPackageNotFound => "KeyPackageNotFound",
                 Self::Banned => "Banned",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -135,6 +138,7 @@ pub mod add_members {
                 "KeyPackageNotFound" => Some(Self::KeyPackageNotFound),
                 "Banned" => Some(Self::Banned),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -183,7 +187,7 @@ pub mod commit_group_change {
         /// The GroupInfo for the epoch this commit creates, signed by the committer: an MLSMessage of wire format mls_group_info carrying the ratchet_tree and external_pub extensions, at most 4 MiB. The service checks it against its own merged state (group context, signer leaf, signature, tree) before storing it; getGroupInfo then serves it until the next commit.
         #[serde(rename = "groupInfo")]
         pub group_info: crate::runtime::Bytes,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -250,6 +254,8 @@ pub mod commit_group_change {
         InvalidGroupInfo,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -261,6 +267,7 @@ pub mod commit_group_change {
                 Self::InvalidCommit => "InvalidCommit",
                 Self::InvalidGroupInfo => "InvalidGroupInfo",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -271,6 +278,7 @@ pub mod commit_group_change {
                 "InvalidCommit" => Some(Self::InvalidCommit),
                 "InvalidGroupInfo" => Some(Self::InvalidGroupInfo),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -444,7 +452,7 @@ pub mod create_convo {
             skip_serializing_if = "Option::is_none"
         )]
         pub metadata: Option<crate::lexicons::blue::catbird::mls::defs::ConvoMetadata>,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -503,6 +511,8 @@ pub mod create_convo {
         UnsupportedCipherSuite,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -512,6 +522,7 @@ pub mod create_convo {
                 Self::InvalidGroupInfo => "InvalidGroupInfo",
                 Self::UnsupportedCipherSuite => "UnsupportedCipherSuite",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -520,6 +531,7 @@ pub mod create_convo {
                 "InvalidGroupInfo" => Some(Self::InvalidGroupInfo),
                 "UnsupportedCipherSuite" => Some(Self::UnsupportedCipherSuite),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -2091,7 +2103,7 @@ pub mod leave_convo {
 
 /// `blue.catbird.mls.processExternalCommit` (procedure)
 ///
-/// Rejoins a conversation by external commit, or joins a new device of a member user. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
+/// Rejoins a conversation by external commit, or joins a new device of a member user. The operator can switch external commits off or roll them out to a share of users (stable per DID) and an allow-list; callers outside get 403 ExternalCommitNotEnabled and rejoin through a Welcome instead. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
 pub mod process_external_commit {
     /// The method's NSID, its path below `/xrpc/`.
     pub const NSID: &str = "blue.catbird.mls.processExternalCommit";
@@ -2120,7 +2132,7 @@ pub mod process_external_commit {
         /// The GroupInfo for the epoch this commit creates, signed by the joining device: an MLSMessage of wire format mls_group_info carrying the ratchet_tree and external_pub extensions, at most 4 MiB. The service checks it against its own merged state (group context, signer leaf, signature, tree) before storing it; getGroupInfo then serves it until the next commit.
         #[serde(rename = "groupInfo")]
         pub group_info: crate::runtime::Bytes,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -2192,6 +2204,10 @@ pub mod process_external_commit {
         InvalidGroupInfo,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
+        /// External-commit rejoin is switched off by the operator, or not yet rolled out to the caller's DID. Nothing was stored. Rejoin through a Welcome instead: another member re-adds this device with addMembers. Comes with HTTP 403 (forbidden).
+        ExternalCommitNotEnabled,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -2204,6 +2220,8 @@ pub mod process_external_commit {
                 Self::InvalidCommit => "InvalidCommit",
                 Self::InvalidGroupInfo => "InvalidGroupInfo",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
+                Self::ExternalCommitNotEnabled => "ExternalCommitNotEnabled",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -2215,6 +2233,8 @@ pub mod process_external_commit {
                 "InvalidCommit" => Some(Self::InvalidCommit),
                 "InvalidGroupInfo" => Some(Self::InvalidGroupInfo),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
+                "ExternalCommitNotEnabled" => Some(Self::ExternalCommitNotEnabled),
                 _ => None,
             }
         }
@@ -2258,7 +2278,7 @@ pub mod publish_key_package {
         /// The KeyPackage: an MLSMessage of wire format mls_key_package, at most 64 KiB.
         #[serde(rename = "keyPackage")]
         pub key_package: crate::runtime::Bytes,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -2298,6 +2318,8 @@ pub mod publish_key_package {
         TooManyKeyPackages,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -2307,6 +2329,7 @@ pub mod publish_key_package {
                 Self::UnsupportedCipherSuite => "UnsupportedCipherSuite",
                 Self::TooManyKeyPackages => "TooManyKeyPackages",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -2315,6 +2338,7 @@ pub mod publish_key_package {
                 "UnsupportedCipherSuite" => Some(Self::UnsupportedCipherSuite),
                 "TooManyKeyPackages" => Some(Self::TooManyKeyPackages),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -2473,7 +2497,7 @@ pub mod remove_member {
         /// Also ban the user from the conversation: no rejoin, no GroupInfo, not listed by getExpectedConversations. Admins only.
         #[serde(default = "Input::default_ban")]
         pub ban: bool,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -2548,6 +2572,8 @@ pub mod remove_member {
         InvalidGroupInfo,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -2560,6 +2586,7 @@ pub mod remove_member {
                 Self::InvalidCommit => "InvalidCommit",
                 Self::InvalidGroupInfo => "InvalidGroupInfo",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -2571,6 +2598,7 @@ pub mod remove_member {
                 "InvalidCommit" => Some(Self::InvalidCommit),
                 "InvalidGroupInfo" => Some(Self::InvalidGroupInfo),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -2629,7 +2657,7 @@ pub mod send_message {
             skip_serializing_if = "Option::is_none"
         )]
         pub padded_size: Option<i64>,
-        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
+        /// Optional retry key chosen by the client (e.g. a UUID), at most 64 bytes, scoped to the caller's DID and this method. A retry with the same key and the same input (compared by value) returns the stored response, status and body, without executing the method again. The same key with a different input is rejected with 422 IdempotencyKeyReused. Concurrent requests with one key execute once; the others wait and receive that response, or, if it takes too long, 409 IdempotencyKeyInProgress, which is safe to retry with the same key. 2xx and 4xx responses are stored; after a 5xx nothing is stored and a retry executes anew. Keys are kept for at least 24 hours.
         #[serde(
             rename = "idempotencyKey",
             default,
@@ -2712,6 +2740,8 @@ pub mod send_message {
         DuplicateMessageId,
         /// The idempotencyKey was already used by the caller for this method with a different input. Comes with HTTP 422 (unprocessable content).
         IdempotencyKeyReused,
+        /// Another request with this idempotencyKey is still executing and did not finish while this one waited. Nothing was done for this request; retry it with the same key to receive the first one's response. Comes with HTTP 409 (conflict).
+        IdempotencyKeyInProgress,
     }
 
     impl crate::runtime::DeclaredError for Error {
@@ -2724,6 +2754,7 @@ pub mod send_message {
                 Self::MessageTooLarge => "MessageTooLarge",
                 Self::DuplicateMessageId => "DuplicateMessageId",
                 Self::IdempotencyKeyReused => "IdempotencyKeyReused",
+                Self::IdempotencyKeyInProgress => "IdempotencyKeyInProgress",
             }
         }
         fn from_name(name: &str) -> Option<Self> {
@@ -2735,6 +2766,7 @@ pub mod send_message {
                 "MessageTooLarge" => Some(Self::MessageTooLarge),
                 "DuplicateMessageId" => Some(Self::DuplicateMessageId),
                 "IdempotencyKeyReused" => Some(Self::IdempotencyKeyReused),
+                "IdempotencyKeyInProgress" => Some(Self::IdempotencyKeyInProgress),
                 _ => None,
             }
         }
@@ -2835,7 +2867,7 @@ pub trait Handler: crate::runtime::xrpc::XrpcService {
         caller: Self::Caller,
         input: leave_convo::Input,
     ) -> impl std::future::Future<Output = leave_convo::Response> + Send;
-    /// `blue.catbird.mls.processExternalCommit` (procedure): Rejoins a conversation by external commit, or joins a new device of a member user. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
+    /// `blue.catbird.mls.processExternalCommit` (procedure): Rejoins a conversation by external commit, or joins a new device of a member user. The operator can switch external commits off or roll them out to a share of users (stable per DID) and an allow-list; callers outside get 403 ExternalCommitNotEnabled and rejoin through a Welcome instead. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
     fn process_external_commit(
         &self,
         caller: Self::Caller,
@@ -3224,7 +3256,7 @@ impl Client {
     > {
         self.xrpc.procedure(&leave_convo::ROUTE, &leave_convo::Params {}, input).await
     }
-    /// `blue.catbird.mls.processExternalCommit` (procedure): Rejoins a conversation by external commit, or joins a new device of a member user. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
+    /// `blue.catbird.mls.processExternalCommit` (procedure): Rejoins a conversation by external commit, or joins a new device of a member user. The operator can switch external commits off or roll them out to a share of users (stable per DID) and an allow-list; callers outside get 403 ExternalCommitNotEnabled and rejoin through a Welcome instead. Who may call: current members (a device that lost its group state, or a new device of a member user) and users whose last device left or was removed at most 30 days ago; never users banned from the conversation. The commit is a PublicMessage commit with an ExternalInit proposal built from the current GroupInfo (getGroupInfo); it adds exactly one leaf, whose credential must be `<caller DID>#<device>`, and may remove at most one leaf, which must belong to the caller's user (e.g. the same device's old leaf). On success the caller's user is a current member again (a past member's rejoin window closes), and a Welcome still waiting for the joining device is withdrawn. One commit per epoch, first wins: the commit must be for the conversation's current epoch, and it is validated, merged and the epoch advanced in one transaction, so of concurrent commits for one epoch exactly one is accepted and every other gets 409 EpochMismatch. The accepted commit is appended to the log (kind commit) with the next seq. Resubmitting a commit that was already accepted (the same bytes) returns the original result, with or without idempotencyKey.  The joining client's group is already merged when it sends the commit: after a rejection (e.g. EpochMismatch) it deletes that group, fetches the current GroupInfo and builds a new external commit.
     pub async fn process_external_commit(
         &self,
         input: &process_external_commit::Input,

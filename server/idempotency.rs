@@ -1,0 +1,406 @@
+//! Idempotent writes (DESIGN.md "Idempotency"), for every method whose
+//! lexicon input declares `idempotencyKey`, in one place: the runtime's
+//! intercept hook, which sees each procedure call after authentication with
+//! the body as sent.
+//!
+//! A request with a key claims `(caller, method, key)` by inserting an
+//! `in_progress` row. The claimant runs the handler and stores the response
+//! (2xx and 4xx) or deletes the claim (5xx, or the request was dropped). Any
+//! other request with that key is answered from the row: the stored response
+//! byte for byte if its input is the same, 422 `IdempotencyKeyReused` if not;
+//! while the claimant is still running it waits, polling, and after
+//! [`IdempotencySettings::wait`] gives up with 409 `IdempotencyKeyInProgress`.
+//! All of this is in PostgreSQL, so it holds across service processes.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
+use catbird_generated::runtime::xrpc::http::header::CONTENT_TYPE;
+use catbird_generated::runtime::xrpc::http::{HeaderValue, StatusCode};
+use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError};
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::auth::Caller;
+use crate::convos::sha256;
+use crate::error::ServiceError;
+
+/// The methods whose lexicon input declares `idempotencyKey` (a test keeps
+/// this list equal to the lexicons).
+pub const METHODS: &[&str] = &[
+    "blue.catbird.mls.addMembers",
+    "blue.catbird.mls.commitGroupChange",
+    "blue.catbird.mls.createConvo",
+    "blue.catbird.mls.processExternalCommit",
+    "blue.catbird.mls.publishKeyPackage",
+    "blue.catbird.mls.removeMember",
+    "blue.catbird.mls.sendMessage",
+];
+
+/// The lexicons' limit on a key, in bytes. Longer keys are left to the
+/// input decoder, which rejects them.
+const MAX_KEY_BYTES: usize = 64;
+
+/// How long a claim holds without a response: after this the claimant is
+/// presumed dead (a crashed process) and a retry with the same input may
+/// take the key over. Far longer than any request runs.
+const LEASE: Duration = Duration::from_secs(120);
+
+/// How often a waiting request looks at the claimant's row again.
+const POLL: Duration = Duration::from_millis(25);
+
+/// Idempotency settings.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencySettings {
+    /// How long a key and its response are kept.
+    pub ttl: Duration,
+    /// How long a request waits for a concurrent one with the same key.
+    pub wait: Duration,
+}
+
+/// The idempotency layer over the `idempotency_keys` table.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    db: PgPool,
+    settings: IdempotencySettings,
+}
+
+/// One key of one caller for one method.
+#[derive(Debug, Clone)]
+struct Claim {
+    caller: String,
+    method: &'static str,
+    key: String,
+}
+
+/// A stored response.
+struct Stored {
+    status: i16,
+    content_type: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Idempotency {
+    pub fn new(db: PgPool, settings: IdempotencySettings) -> Self {
+        Self { db, settings }
+    }
+
+    /// The intercept decision for one procedure call.
+    pub async fn intercept(
+        &self,
+        route: &'static Route,
+        caller: &Caller,
+        body: &Bytes,
+    ) -> Intercept {
+        if !METHODS.contains(&route.nsid) {
+            return Intercept::Proceed;
+        }
+        let Some((key, request_hash)) = key_and_hash(body) else {
+            return Intercept::Proceed;
+        };
+        let claim = Claim {
+            caller: caller.did.to_string(),
+            method: route.nsid,
+            key,
+        };
+        match self.decide(&claim, &request_hash).await {
+            Ok(intercept) => intercept,
+            // Without the table there is no way to know whether this is a
+            // retry: running the handler could execute twice.
+            Err(error) => {
+                Intercept::Answer(XrpcError::internal(&ServiceError::from(error)).into_response())
+            }
+        }
+    }
+
+    async fn decide(&self, claim: &Claim, request_hash: &[u8]) -> Result<Intercept, sqlx::Error> {
+        let started = Instant::now();
+        loop {
+            if self.try_claim(claim, request_hash).await? {
+                let guard = ClaimGuard {
+                    claim: Some(claim.clone()),
+                    db: self.db.clone(),
+                };
+                let settings = self.settings;
+                return Ok(Intercept::Observe(Box::new(move |response| {
+                    Box::pin(guard.settle(response, settings))
+                })));
+            }
+            let Some(row) = sqlx::query!(
+                r#"SELECT request_hash, state, status, content_type, body
+                   FROM idempotency_keys WHERE caller = $1 AND method = $2 AND key = $3"#,
+                claim.caller,
+                claim.method,
+                claim.key,
+            )
+            .fetch_optional(&self.db)
+            .await?
+            else {
+                // The claimant gave its claim up (a 5xx) just now: try again.
+                continue;
+            };
+            if row.request_hash != request_hash {
+                count(claim.method, "conflict");
+                return Ok(answer(ServiceError::IdempotencyKeyReused(format!(
+                    "idempotencyKey {:?} was already used for {} with a different input",
+                    claim.key, claim.method
+                ))));
+            }
+            if let (Some(status), Some(body)) = (row.status, row.body) {
+                count(claim.method, "hit");
+                return Ok(Intercept::Answer(replay(Stored {
+                    status,
+                    content_type: row.content_type,
+                    body,
+                })));
+            }
+            if started.elapsed() >= self.settings.wait {
+                count(claim.method, "in_progress");
+                return Ok(answer(ServiceError::IdempotencyKeyInProgress(format!(
+                    "a request with idempotencyKey {:?} is still executing; retry with the same key for its response",
+                    claim.key
+                ))));
+            }
+            debug_assert_eq!(row.state, "in_progress");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Inserts the claim; takes over an expired key, or an abandoned claim
+    /// for the same input. `true` if this request now holds the key.
+    async fn try_claim(&self, claim: &Claim, request_hash: &[u8]) -> Result<bool, sqlx::Error> {
+        let claimed = sqlx::query_scalar!(
+            r#"INSERT INTO idempotency_keys
+                   (caller, method, key, request_hash, state, lease_until, expires_at)
+               VALUES ($1, $2, $3, $4, 'in_progress',
+                       now() + make_interval(secs => $5), now() + make_interval(secs => $6))
+               ON CONFLICT (caller, method, key) DO UPDATE SET
+                   request_hash = EXCLUDED.request_hash,
+                   state = 'in_progress',
+                   lease_until = EXCLUDED.lease_until,
+                   status = NULL, content_type = NULL, body = NULL,
+                   created_at = now(),
+                   expires_at = EXCLUDED.expires_at
+               WHERE idempotency_keys.expires_at <= now()
+                  OR (idempotency_keys.state = 'in_progress'
+                      AND idempotency_keys.lease_until <= now()
+                      AND idempotency_keys.request_hash = EXCLUDED.request_hash)
+               RETURNING true AS "claimed!""#,
+            claim.caller,
+            claim.method,
+            claim.key,
+            request_hash,
+            LEASE.as_secs_f64(),
+            self.settings.ttl.as_secs_f64(),
+        )
+        .fetch_optional(&self.db)
+        .await?;
+        Ok(claimed.is_some())
+    }
+}
+
+/// Deletes keys past their expiry; returns how many went.
+pub async fn delete_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query!("DELETE FROM idempotency_keys WHERE expires_at <= now()")
+        .execute(db)
+        .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Holds a claim until the response is settled; dropped unsettled (the
+/// request was cancelled, the handler panicked) it gives the claim up, so a
+/// retry executes instead of waiting for the lease.
+struct ClaimGuard {
+    claim: Option<Claim>,
+    db: PgPool,
+}
+
+impl ClaimGuard {
+    /// Stores a 2xx or 4xx response for the retries to come, or gives the
+    /// claim up after a 5xx; the response goes on unchanged either way.
+    async fn settle(mut self, response: Response, settings: IdempotencySettings) -> Response {
+        let Some(claim) = self.claim.take() else {
+            return response;
+        };
+        if response.status().is_server_error() {
+            count(claim.method, "not_stored");
+            release(&self.db, &claim).await;
+            return response;
+        }
+        let (parts, body) = response.into_parts();
+        // Handler responses are small JSON documents, already in memory.
+        let body = match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(body) => body,
+            Err(error) => {
+                release(&self.db, &claim).await;
+                return XrpcError::internal(&error).into_response();
+            }
+        };
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok());
+        let stored = sqlx::query!(
+            r#"UPDATE idempotency_keys
+               SET state = 'done', status = $4, content_type = $5, body = $6,
+                   expires_at = now() + make_interval(secs => $7)
+               WHERE caller = $1 AND method = $2 AND key = $3"#,
+            claim.caller,
+            claim.method,
+            claim.key,
+            i16::try_from(parts.status.as_u16()).unwrap_or(i16::MAX),
+            content_type,
+            &body[..],
+            settings.ttl.as_secs_f64(),
+        )
+        .execute(&self.db)
+        .await;
+        match stored {
+            Ok(_) => count(claim.method, "executed"),
+            Err(error) => {
+                // The caller still gets the response; a retry will execute
+                // again once the claim is given up, and the methods' natural
+                // idempotency (same msgId, same commit) covers that.
+                tracing::error!(%error, method = claim.method, "could not store an idempotent response");
+                release(&self.db, &claim).await;
+            }
+        }
+        Response::from_parts(parts, Body::from(body))
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            let db = self.db.clone();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { release(&db, &claim).await });
+            }
+        }
+    }
+}
+
+/// Deletes an unsettled claim, so the next request with the key executes.
+async fn release(db: &PgPool, claim: &Claim) {
+    let released = sqlx::query!(
+        "DELETE FROM idempotency_keys WHERE caller = $1 AND method = $2 AND key = $3 AND state = 'in_progress'",
+        claim.caller,
+        claim.method,
+        claim.key,
+    )
+    .execute(db)
+    .await;
+    if let Err(error) = released {
+        // The lease runs out instead.
+        tracing::warn!(%error, method = claim.method, "could not release an idempotency claim");
+    }
+}
+
+/// The key, and the hash of the input compared by value (object keys
+/// sorted, whitespace ignored), if the body is a JSON object with a usable
+/// `idempotencyKey`.
+fn key_and_hash(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut input: Value = serde_json::from_slice(body).ok()?;
+    let key = input.get("idempotencyKey")?.as_str()?.to_owned();
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return None;
+    }
+    sort_keys(&mut input);
+    let canonical = serde_json::to_vec(&input).ok()?;
+    Some((key, sha256(&canonical)))
+}
+
+fn sort_keys(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.sort_keys();
+            map.values_mut().for_each(sort_keys);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
+}
+
+/// A stored response, as it was sent the first time.
+fn replay(stored: Stored) -> Response {
+    let status = u16::try_from(stored.status)
+        .ok()
+        .and_then(|status| StatusCode::from_u16(status).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut response = Response::new(Body::from(stored.body));
+    *response.status_mut() = status;
+    if let Some(value) = stored
+        .content_type
+        .and_then(|value| HeaderValue::from_str(&value).ok())
+    {
+        response.headers_mut().insert(CONTENT_TYPE, value);
+    }
+    response
+}
+
+fn answer(error: ServiceError) -> Intercept {
+    Intercept::Answer(XrpcError::from(error).into_response())
+}
+
+fn count(method: &'static str, outcome: &'static str) {
+    metrics::counter!("idempotency_requests_total", "method" => method, "outcome" => outcome)
+        .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_compare_by_value() {
+        let (key, a) =
+            key_and_hash(br#"{"idempotencyKey":"k","b":1,"a":{"y":2,"x":[1,{"q":1,"p":2}]}}"#)
+                .unwrap();
+        let (_, b) = key_and_hash(
+            br#"{ "a": {"x": [1, {"p": 2, "q": 1}], "y": 2}, "b": 1, "idempotencyKey": "k" }"#,
+        )
+        .unwrap();
+        let (_, c) =
+            key_and_hash(br#"{"idempotencyKey":"k","b":2,"a":{"y":2,"x":[1,{"q":1,"p":2}]}}"#)
+                .unwrap();
+        assert_eq!(key, "k");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn only_usable_keys_count() {
+        assert!(key_and_hash(br#"{"text":"no key"}"#).is_none());
+        assert!(key_and_hash(br#"{"idempotencyKey":""}"#).is_none());
+        assert!(key_and_hash(br#"{"idempotencyKey":7}"#).is_none());
+        assert!(
+            key_and_hash(format!(r#"{{"idempotencyKey":"{}"}}"#, "k".repeat(65)).as_bytes())
+                .is_none()
+        );
+        assert!(
+            key_and_hash(format!(r#"{{"idempotencyKey":"{}"}}"#, "k".repeat(64)).as_bytes())
+                .is_some()
+        );
+        assert!(key_and_hash(b"not json").is_none());
+    }
+
+    /// The list above is exactly the methods whose lexicon input declares
+    /// `idempotencyKey`.
+    #[test]
+    fn methods_match_the_lexicons() {
+        let directory = concat!(env!("CARGO_MANIFEST_DIR"), "/lexicon/blue/catbird/mls");
+        let mut declaring = Vec::new();
+        for entry in std::fs::read_dir(directory).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let document: Value = serde_json::from_str(&text).unwrap();
+            let properties = &document["defs"]["main"]["input"]["schema"]["properties"];
+            if properties.get("idempotencyKey").is_some() {
+                declaring.push(document["id"].as_str().unwrap().to_owned());
+            }
+        }
+        declaring.sort();
+        assert_eq!(declaring, METHODS);
+    }
+}
