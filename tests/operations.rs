@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,6 +20,7 @@ use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use catbird_generated::runtime::xrpc::reqwest::{self, StatusCode, Url};
 use catbird_mls::auth::{self, Algorithm, jwt};
+use common::metrics::Metrics;
 use common::mls::Device;
 use common::{SERVICE_DID, TempDir, TestApp};
 use serde_json::{Value, json};
@@ -161,81 +161,6 @@ async fn metrics_count_requests_by_method_and_status(pool: PgPool) {
         metrics.value("db_pool_max_connections", &[]) > Some(0.0),
         "{text}"
     );
-}
-
-/// The samples of a Prometheus text exposition.
-struct Metrics {
-    samples: Vec<Sample>,
-}
-
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-impl Metrics {
-    /// Parses `name{label="value",...} number` lines, skipping comments.
-    fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| {
-                let (series, value) = line.rsplit_once(' ').expect("a sample line");
-                let value = value.parse().unwrap_or_else(|_| panic!("a number: {line}"));
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, parse_labels(labels.trim_end_matches('}'))),
-                    None => (series, BTreeMap::new()),
-                };
-                Sample {
-                    name: name.to_owned(),
-                    labels,
-                    value,
-                }
-            })
-            .collect();
-        Self { samples }
-    }
-
-    fn samples_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> {
-        self.samples
-            .iter()
-            .filter(move |sample| sample.name == name)
-    }
-
-    /// The value of the series `name` with exactly these labels.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let labels: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect();
-        self.samples_named(name)
-            .find(|sample| sample.labels == labels)
-            .map(|sample| sample.value)
-    }
-}
-
-/// `a="x",b="y \"quoted\""` as a map.
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next().expect("a closed label value") {
-                (_, '\\') => match chars.next().expect("an escape").1 {
-                    'n' => value.push('\n'),
-                    escaped => value.push(escaped),
-                },
-                (index, '"') => break index,
-                (_, other) => value.push(other),
-            }
-        };
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
-        rest = &after[end + 1..];
-    }
-    labels
 }
 
 // ---- graceful shutdown ------------------------------------------------------

@@ -74,6 +74,15 @@ impl Member {
 
     /// Creates a group with this member alone and registers it.
     pub async fn create_convo(&mut self) -> String {
+        let input = self.prepare_convo();
+        self.client.create_convo(&input).await.unwrap();
+        self.logs.insert(input.group_id.clone(), Log::default());
+        input.group_id
+    }
+
+    /// createConvo's input for a new group with this member alone; the
+    /// group is kept, the log registered only by [`Member::create_convo`].
+    pub fn prepare_convo(&mut self) -> create_convo::Input {
         let group = MlsGroup::new(
             &self.mls.provider,
             &self.mls.signer,
@@ -81,9 +90,8 @@ impl Member {
             self.mls.credential.clone(),
         )
         .unwrap();
-        let convo = to_hex(group.group_id().as_slice());
-        let input = create_convo::Input {
-            group_id: convo.clone(),
+        create_convo::Input {
+            group_id: to_hex(group.group_id().as_slice()),
             cipher_suite: CipherSuite::Mls128Dhkemx25519Aes128gcmSha256Ed25519,
             group_info: self.exported_group_info(&group),
             metadata: Some(ConvoMetadata {
@@ -91,14 +99,19 @@ impl Member {
                 description: None,
             }),
             idempotency_key: None,
-        };
-        self.client.create_convo(&input).await.unwrap();
-        self.logs.insert(convo.clone(), Log::default());
-        convo
+        }
     }
 
     /// Adds `did`'s device that has a KeyPackage, with addMembers.
     pub async fn add(&mut self, convo: &str, did: &Did) {
+        let input = self.prepare_add(convo, did).await;
+        let added = self.client.add_members(&input).await.unwrap();
+        self.merge(convo, added.seq);
+    }
+
+    /// addMembers' input adding `did`'s devices that have a KeyPackage; the
+    /// commit stays pending until [`Member::merge`].
+    pub async fn prepare_add(&mut self, convo: &str, did: &Did) -> add_members::Input {
         let offered = self
             .client
             .get_key_packages(&get_key_packages::Params {
@@ -139,15 +152,13 @@ impl Member {
             .stage_commit(&self.mls.provider)
             .unwrap();
         let (commit, welcome, group_info) = bundle.into_messages();
-        let input = add_members::Input {
+        add_members::Input {
             convo_id: convo.to_owned(),
             commit: to_bytes(&commit),
             welcome: to_bytes(&welcome.expect("a Welcome for the added device")),
             group_info: to_bytes(&group_info.expect("a GroupInfo for the new epoch")),
             idempotency_key: None,
-        };
-        let added = self.client.add_members(&input).await.unwrap();
-        self.merge(convo, added.seq);
+        }
     }
 
     /// Joins from this device's Welcome and confirms it.

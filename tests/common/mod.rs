@@ -5,7 +5,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different part.
 
+pub mod joiner;
 pub mod member;
+pub mod metrics;
 pub mod mls;
 
 use std::fmt::Debug;
