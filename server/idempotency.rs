@@ -48,8 +48,10 @@ const MAX_KEY_BYTES: usize = 64;
 /// take the key over. Far longer than any request runs.
 const LEASE: Duration = Duration::from_secs(120);
 
-/// How often a waiting request looks at the claimant's row again.
-const POLL: Duration = Duration::from_millis(25);
+/// How often a waiting request looks at the claimant's row again: soon at
+/// first (most requests take milliseconds), then less often.
+const FIRST_POLL: Duration = Duration::from_millis(10);
+const MAX_POLL: Duration = Duration::from_millis(250);
 
 /// Idempotency settings.
 #[derive(Debug, Clone, Copy)]
@@ -117,6 +119,7 @@ impl Idempotency {
 
     async fn decide(&self, claim: &Claim, request_hash: &[u8]) -> Result<Intercept, sqlx::Error> {
         let started = Instant::now();
+        let mut poll = FIRST_POLL;
         loop {
             if self.try_claim(claim, request_hash).await? {
                 let guard = ClaimGuard {
@@ -164,7 +167,8 @@ impl Idempotency {
                 ))));
             }
             debug_assert_eq!(row.state, "in_progress");
-            tokio::time::sleep(POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(MAX_POLL);
         }
     }
 

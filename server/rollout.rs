@@ -39,6 +39,15 @@ impl Change {
 }
 
 impl Rollout {
+    fn from_row(enabled: bool, percent: i16, allow_list: Vec<String>) -> Self {
+        Self {
+            enabled,
+            // The table's CHECK keeps it within 0..=100.
+            percent: u8::try_from(percent).unwrap_or(0),
+            allow_list,
+        }
+    }
+
     /// Whether `did` may rejoin by external commit.
     pub fn admits(&self, did: &str) -> bool {
         self.enabled
@@ -63,11 +72,7 @@ pub async fn load(db: &PgPool) -> Result<Rollout, sqlx::Error> {
     let row = sqlx::query!("SELECT enabled, percent, allow_list FROM external_commit_rollout")
         .fetch_one(db)
         .await?;
-    Ok(Rollout {
-        enabled: row.enabled,
-        percent: u8::try_from(row.percent).unwrap_or(0),
-        allow_list: row.allow_list,
-    })
+    Ok(Rollout::from_row(row.enabled, row.percent, row.allow_list))
 }
 
 /// Applies a change in one statement (concurrent changes do not lose each
@@ -89,11 +94,7 @@ pub async fn change(db: &PgPool, change: &Change) -> Result<Rollout, sqlx::Error
     )
     .fetch_one(db)
     .await?;
-    Ok(Rollout {
-        enabled: row.enabled,
-        percent: u8::try_from(row.percent).unwrap_or(0),
-        allow_list: row.allow_list,
-    })
+    Ok(Rollout::from_row(row.enabled, row.percent, row.allow_list))
 }
 
 #[cfg(test)]

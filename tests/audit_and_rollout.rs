@@ -18,7 +18,7 @@ use catbird_generated::runtime::xrpc::reqwest::header::AUTHORIZATION;
 use catbird_mls::auth::LocalIdentity;
 use catbird_mls::demo::Device;
 use catbird_mls::rollout::{self, Rollout};
-use common::joiner::Joiner;
+use common::joiner::{Joiner, current_group_info};
 use common::metrics::{self, Metrics};
 use common::{TestApp, assert_declared};
 use sqlx::PgPool;
@@ -112,14 +112,7 @@ async fn security_events_are_audited_without_payloads(pool: PgPool) {
     // Bob leaked.
     let mut bobs_tablet = device(&app, &bob, "tablet");
     bobs_tablet.rejoin(&convo).await.unwrap();
-    let leaked = app
-        .client(&bob)
-        .get_group_info(&get_group_info::Params {
-            convo_id: convo.clone(),
-        })
-        .await
-        .unwrap()
-        .group_info;
+    let leaked = current_group_info(&app.client(&bob), &convo).await;
     let (_, intrusion) =
         Joiner::new(&format!("{}#phone", mallory.did.as_str())).external_commit(&convo, &leaked);
     let refused = app
@@ -361,7 +354,7 @@ async fn the_external_commit_switch_off_zero_allow_listed_and_full(pool: PgPool)
     let refused = bobs_tablet.rejoin(&convo).await.unwrap_err().to_string();
     assert!(refused.contains("ExternalCommitNotEnabled"), "{refused}");
     let (_, input) = Joiner::new(&format!("{}#laptop", bob.did.as_str()))
-        .external_commit(&convo, &group_info(&app, &bob, &convo).await);
+        .external_commit(&convo, &current_group_info(&app.client(&bob), &convo).await);
     let message = assert_declared(
         app.client(&bob).process_external_commit(&input).await,
         process_external_commit::Error::ExternalCommitNotEnabled,
@@ -386,8 +379,10 @@ async fn the_external_commit_switch_off_zero_allow_listed_and_full(pool: PgPool)
     let listed = switch(&app, &["--allow", bob.did.as_str()]);
     assert_eq!(listed.allow_list, [bob.did.to_string()]);
     bobs_tablet.rejoin(&convo).await.unwrap();
-    let (_, carols) = Joiner::new(&format!("{}#laptop", carol.did.as_str()))
-        .external_commit(&convo, &group_info(&app, &carol, &convo).await);
+    let (_, carols) = Joiner::new(&format!("{}#laptop", carol.did.as_str())).external_commit(
+        &convo,
+        &current_group_info(&app.client(&carol), &convo).await,
+    );
     assert_declared(
         app.client(&carol).process_external_commit(&carols).await,
         process_external_commit::Error::ExternalCommitNotEnabled,
@@ -435,14 +430,4 @@ async fn the_external_commit_switch_off_zero_allow_listed_and_full(pool: PgPool)
         delta(&before, &after, "commits_rejected_total", &not_enabled),
         4.0
     );
-}
-
-async fn group_info(app: &TestApp, user: &LocalIdentity, convo: &str) -> Bytes {
-    app.client(user)
-        .get_group_info(&get_group_info::Params {
-            convo_id: convo.to_owned(),
-        })
-        .await
-        .unwrap()
-        .group_info
 }

@@ -11,8 +11,7 @@ mod common;
 use std::time::Duration;
 
 use catbird_generated::lexicons::blue::catbird::mls::{
-    add_members, create_convo, get_group_info, process_external_commit, publish_key_package,
-    send_message,
+    add_members, create_convo, process_external_commit, publish_key_package, send_message,
 };
 use catbird_generated::runtime::xrpc::futures_util::future::join_all;
 use catbird_generated::runtime::xrpc::http::StatusCode;
@@ -20,7 +19,7 @@ use catbird_generated::runtime::xrpc::reqwest::header::{AUTHORIZATION, CONTENT_T
 use catbird_mls::auth::LocalIdentity;
 use catbird_mls::maintenance;
 use catbird_mls::mls_crypto::from_hex;
-use common::joiner::Joiner;
+use common::joiner::{Joiner, current_group_info};
 use common::member::Member;
 use common::metrics::{self, Metrics};
 use common::mls::Device;
@@ -120,14 +119,7 @@ async fn retries_with_one_key_execute_once_and_get_the_same_bytes(pool: PgPool) 
     thrice(&app, &carol, publish_key_package::NSID, &publish).await;
 
     // Bob's tablet joins by external commit.
-    let group_info = app
-        .client(&bob)
-        .get_group_info(&get_group_info::Params {
-            convo_id: convo.clone(),
-        })
-        .await
-        .unwrap()
-        .group_info;
+    let group_info = current_group_info(&app.client(&bob), &convo).await;
     let tablet = Joiner::new(&format!("{}#tablet", bob.did.as_str()));
     let (_group, mut rejoin) = tablet.external_commit(&convo, &group_info);
     rejoin.idempotency_key = Some("rejoin-1".into());

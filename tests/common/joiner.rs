@@ -1,6 +1,8 @@
 //! A client that joins by external commit, built with OpenMLS directly.
 
-use catbird_generated::lexicons::blue::catbird::mls::process_external_commit;
+use catbird_generated::lexicons::blue::catbird::mls::{
+    Client, get_group_info, process_external_commit,
+};
 use catbird_generated::runtime::Bytes;
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::{
@@ -77,4 +79,15 @@ impl Joiner {
     pub fn forget(&self, mut group: MlsGroup) {
         group.delete(self.identity.provider.storage()).unwrap();
     }
+}
+
+/// The conversation's current GroupInfo, as `client` fetches it to join.
+pub async fn current_group_info(client: &Client, convo: &str) -> Bytes {
+    client
+        .get_group_info(&get_group_info::Params {
+            convo_id: convo.to_owned(),
+        })
+        .await
+        .unwrap()
+        .group_info
 }
