@@ -1,6 +1,9 @@
-//! The service: the auth hook every route runs first, and the generated
+//! The service: the auth hook every route runs first (with the rate
+//! limits), the intercept hook (idempotency keys), and the generated
 //! `blue.catbird.mls` handler trait. Each method delegates to the module of
-//! its area (policy and storage); this file only routes.
+//! its area (policy and storage); besides routing, this file is where
+//! commits are audited and counted and external commits meet the rollout
+//! switch, so that happens in one place for every commit method.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,10 +58,8 @@ impl XrpcService for Service {
             Ok(caller) => caller,
             Err(error) => {
                 if !matches!(error, AuthError::Internal(_)) {
-                    let claimed = auth::claimed_issuer(header).map(|mut issuer| {
-                        issuer.truncate(MAX_AUDITED_ISSUER);
-                        issuer
-                    });
+                    let claimed = auth::claimed_issuer(header)
+                        .map(|issuer| issuer.chars().take(MAX_AUDITED_ISSUER).collect::<String>());
                     let event = AuditEvent::new(AuditKind::AuthFailed, claimed.as_deref(), nsid)
                         .from_ip(client_ip)
                         .because(error.to_string());
@@ -79,7 +80,8 @@ impl XrpcService for Service {
     }
 }
 
-/// The most of an unverified `iss` claim kept in the audit log.
+/// The most of an unverified `iss` claim kept in the audit log, in
+/// characters.
 const MAX_AUDITED_ISSUER: usize = 256;
 
 impl Service {

@@ -136,7 +136,12 @@ async fn set_state(
     Ok(())
 }
 
+/// Counts a change of state; a refetch within the window, or touching a
+/// consumed one, is none.
 fn count_transition(from: &str, to: &'static str) {
+    if from == to {
+        return;
+    }
     let from = match from {
         "available" => "available",
         "in_flight" => "in_flight",
