@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use catbird_generated::lexicons::blue::catbird::mls::{
     commit_group_change, get_group_info, process_external_commit,
 };
@@ -243,6 +243,37 @@ async fn security_events_are_audited_without_payloads(pool: PgPool) {
     assert_eq!(welcome("none", "available"), 2.0, "Bob's and Carol's");
     assert_eq!(welcome("available", "in_flight"), 1.0, "Bob fetched his");
     assert_eq!(welcome("in_flight", "consumed"), 1.0, "and confirmed it");
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_forged_token_is_audited_with_its_claimed_issuer_cut_short(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // A well-formed token whose `iss` is 400 two-byte characters and whose
+    // signature is junk.
+    let claimed = format!("did:plc:{}", "é".repeat(400));
+    let encode = |json: serde_json::Value| URL_SAFE_NO_PAD.encode(json.to_string());
+    let token = format!(
+        "{}.{}.{}",
+        encode(serde_json::json!({ "alg": "ES256K", "typ": "JWT" })),
+        encode(serde_json::json!({
+            "iss": claimed, "aud": common::SERVICE_DID, "lxm": get_group_info::NSID,
+            "exp": 4102444800_i64, "iat": 1700000000_i64, "jti": "forged",
+        })),
+        URL_SAFE_NO_PAD.encode([0u8; 64]),
+    );
+    let response = app
+        .http()
+        .get(app.url(&format!("/xrpc/{}", get_group_info::NSID)))
+        .header(AUTHORIZATION, format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let rows = audit_rows(&app).await;
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let actor = rows[0].1.as_deref().unwrap();
+    assert_eq!(actor.chars().count(), 256);
+    assert!(claimed.starts_with(actor));
 }
 
 #[sqlx::test(migrations = "./migrations")]
