@@ -11,8 +11,11 @@ CREATE TABLE idempotency_keys (
     -- compared by value".
     request_hash bytea NOT NULL,
     state text NOT NULL CHECK (state IN ('in_progress', 'done')),
+    -- Random per claim: only the request holding it may store the response
+    -- or give the claim up, even after a retry took an expired lease over.
+    claim bytea NOT NULL,
     -- While in_progress: after this, the claiming process is presumed dead
-    -- and a retry may take the key over.
+    -- and a retry with the same input may take the key over.
     lease_until timestamptz NOT NULL,
     status smallint,
     content_type text,

@@ -90,18 +90,43 @@ impl<'a> AuditEvent<'a> {
     }
 }
 
+/// The most of a field kept, in characters: reasons quote what a client
+/// sent (a token's claims, a conversation id), which must neither bloat
+/// the table nor break the insert.
+const MAX_FIELD: usize = 256;
+const MAX_REASON: usize = 512;
+
+/// `text` as stored: control characters (PostgreSQL refuses NUL in text)
+/// replaced, cut at `max` characters.
+fn clean(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Stores an event.
 pub async fn record(db: &PgPool, event: AuditEvent<'_>) {
+    let field = |text: Option<&str>| text.map(|text| clean(text, MAX_FIELD));
     let stored = sqlx::query!(
         r#"INSERT INTO audit_events (kind, actor, method, client_ip, convo_id, subject, reason)
            VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
         event.kind.as_str(),
-        event.actor,
-        event.method,
+        field(event.actor),
+        clean(event.method, MAX_FIELD),
         event.client_ip.map(|ip| ip.to_string()),
-        event.convo_id,
-        event.subject,
-        event.reason,
+        field(event.convo_id),
+        field(event.subject),
+        event
+            .reason
+            .as_deref()
+            .map(|reason| clean(reason, MAX_REASON)),
     )
     .execute(db)
     .await;
@@ -120,4 +145,18 @@ pub async fn delete_older_than(db: &PgPool, retention: Duration) -> Result<u64, 
     .execute(db)
     .await?;
     Ok(deleted.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_are_cut_and_stripped_of_control_characters() {
+        assert_eq!(clean("did:plc:a\0b\nc", 64), "did:plc:a\u{fffd}b\u{fffd}c");
+        assert_eq!(
+            clean(&"é".repeat(300), MAX_FIELD).chars().count(),
+            MAX_FIELD
+        );
+    }
 }

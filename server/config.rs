@@ -98,11 +98,12 @@ pub struct ServeConfig {
     /// How long an idempotencyKey and its stored response are kept, in
     /// seconds (the lexicons promise at least 24 hours).
     #[arg(long, env = "CATBIRD_IDEMPOTENCY_TTL_SECONDS", default_value_t = 24 * 60 * 60,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=10 * 365 * 24 * 60 * 60))]
     pub idempotency_ttl_seconds: u64,
     /// How long a request waits for a concurrent one with the same
     /// idempotencyKey before answering IdempotencyKeyInProgress, in seconds.
-    #[arg(long, env = "CATBIRD_IDEMPOTENCY_WAIT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "CATBIRD_IDEMPOTENCY_WAIT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub idempotency_wait_seconds: u64,
     /// Requests per minute per caller DID for queries (0: unlimited).
     #[arg(long, env = "CATBIRD_RATE_LIMIT_READ", default_value_t = 600)]
@@ -110,27 +111,29 @@ pub struct ServeConfig {
     /// Requests per minute per caller DID for procedures (0: unlimited).
     #[arg(long, env = "CATBIRD_RATE_LIMIT_WRITE", default_value_t = 300)]
     pub rate_limit_write: u32,
-    /// getKeyPackages calls per minute per caller DID (0: unlimited). Each
-    /// call uses up other users' KeyPackages, hence the stricter default.
+    /// Users asked for with getKeyPackages per minute per caller DID (0:
+    /// unlimited; at least 50, one call's most, to allow every call). Each
+    /// fetch uses up other users' KeyPackages, hence the stricter budget.
     #[arg(
         long,
         env = "CATBIRD_RATE_LIMIT_KEY_PACKAGE_FETCH",
-        default_value_t = 20
+        default_value_t = 100
     )]
     pub rate_limit_key_package_fetch: u32,
-    /// Requests per minute per client address for queries (0: unlimited).
-    /// Behind PDS proxying many users share a PDS's address: keep these
-    /// well above the per-caller limits.
-    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_READ", default_value_t = 6000)]
+    /// Failed authentications per minute per client address, for queries
+    /// (0: unlimited); past it the address is refused before its tokens
+    /// are checked. Valid requests never spend it, so the users behind one
+    /// PDS do not share a budget.
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_READ", default_value_t = 120)]
     pub rate_limit_ip_read: u32,
-    /// Requests per minute per client address for procedures (0: unlimited).
-    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_WRITE", default_value_t = 3000)]
+    /// Failed authentications per minute per client address, procedures.
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_IP_WRITE", default_value_t = 60)]
     pub rate_limit_ip_write: u32,
-    /// getKeyPackages calls per minute per client address (0: unlimited).
+    /// Failed authentications per minute per client address, getKeyPackages.
     #[arg(
         long,
         env = "CATBIRD_RATE_LIMIT_IP_KEY_PACKAGE_FETCH",
-        default_value_t = 600
+        default_value_t = 30
     )]
     pub rate_limit_ip_key_package_fetch: u32,
     /// Take the client address from this header (set by a trusted reverse

@@ -69,12 +69,14 @@ pub struct Idempotency {
     settings: IdempotencySettings,
 }
 
-/// One key of one caller for one method.
+/// One key of one caller for one method, and the random token of one
+/// request's claim on it.
 #[derive(Debug, Clone)]
 struct Claim {
     caller: String,
     method: &'static str,
     key: String,
+    token: [u8; 16],
 }
 
 /// A stored response.
@@ -102,10 +104,15 @@ impl Idempotency {
         let Some((key, request_hash)) = key_and_hash(body) else {
             return Intercept::Proceed;
         };
+        let mut token = [0; 16];
+        if let Err(error) = getrandom::fill(&mut token) {
+            return Intercept::Answer(XrpcError::internal(&error).into_response());
+        }
         let claim = Claim {
             caller: caller.did.to_string(),
             method: route.nsid,
             key,
+            token,
         };
         match self.decide(&claim, &request_hash).await {
             Ok(intercept) => intercept,
@@ -172,22 +179,26 @@ impl Idempotency {
         }
     }
 
-    /// Inserts the claim; takes over an expired key, or an abandoned claim
-    /// for the same input. `true` if this request now holds the key.
+    /// Inserts the claim; takes over a stored response past its expiry, or
+    /// an abandoned claim (lease over) for the same input. `true` if this
+    /// request now holds the key. A claim lives at least as long as its
+    /// lease, whatever the key expiry.
     async fn try_claim(&self, claim: &Claim, request_hash: &[u8]) -> Result<bool, sqlx::Error> {
         let claimed = sqlx::query_scalar!(
             r#"INSERT INTO idempotency_keys
-                   (caller, method, key, request_hash, state, lease_until, expires_at)
-               VALUES ($1, $2, $3, $4, 'in_progress',
-                       now() + make_interval(secs => $5), now() + make_interval(secs => $6))
+                   (caller, method, key, request_hash, state, claim, lease_until, expires_at)
+               VALUES ($1, $2, $3, $4, 'in_progress', $5,
+                       now() + make_interval(secs => $6),
+                       now() + make_interval(secs => greatest($6, $7)))
                ON CONFLICT (caller, method, key) DO UPDATE SET
                    request_hash = EXCLUDED.request_hash,
                    state = 'in_progress',
+                   claim = EXCLUDED.claim,
                    lease_until = EXCLUDED.lease_until,
                    status = NULL, content_type = NULL, body = NULL,
                    created_at = now(),
                    expires_at = EXCLUDED.expires_at
-               WHERE idempotency_keys.expires_at <= now()
+               WHERE (idempotency_keys.state = 'done' AND idempotency_keys.expires_at <= now())
                   OR (idempotency_keys.state = 'in_progress'
                       AND idempotency_keys.lease_until <= now()
                       AND idempotency_keys.request_hash = EXCLUDED.request_hash)
@@ -196,6 +207,7 @@ impl Idempotency {
             claim.method,
             claim.key,
             request_hash,
+            &claim.token[..],
             LEASE.as_secs_f64(),
             self.settings.ttl.as_secs_f64(),
         )
@@ -205,17 +217,23 @@ impl Idempotency {
     }
 }
 
-/// Deletes keys past their expiry; returns how many went.
+/// Deletes keys past their expiry (claims only once their lease is over
+/// too); returns how many went.
 pub async fn delete_expired(db: &PgPool) -> Result<u64, sqlx::Error> {
-    let deleted = sqlx::query!("DELETE FROM idempotency_keys WHERE expires_at <= now()")
-        .execute(db)
-        .await?;
+    let deleted = sqlx::query!(
+        "DELETE FROM idempotency_keys \
+         WHERE expires_at <= now() AND (state = 'done' OR lease_until <= now())"
+    )
+    .execute(db)
+    .await?;
     Ok(deleted.rows_affected())
 }
 
-/// Holds a claim until the response is settled; dropped unsettled (the
-/// request was cancelled, the handler panicked) it gives the claim up, so a
-/// retry executes instead of waiting for the lease.
+/// Holds a claim until the handler's response is settled; dropped unsettled
+/// (the input did not decode, the handler panicked) it gives the claim up,
+/// so a retry executes instead of waiting for the lease. (A client going
+/// away does not drop it: the runtime runs the handler and the settling to
+/// the end.)
 struct ClaimGuard {
     claim: Option<Claim>,
     db: PgPool,
@@ -248,12 +266,14 @@ impl ClaimGuard {
             .and_then(|value| value.to_str().ok());
         let stored = sqlx::query!(
             r#"UPDATE idempotency_keys
-               SET state = 'done', status = $4, content_type = $5, body = $6,
-                   expires_at = now() + make_interval(secs => $7)
-               WHERE caller = $1 AND method = $2 AND key = $3"#,
+               SET state = 'done', status = $5, content_type = $6, body = $7,
+                   expires_at = now() + make_interval(secs => $8)
+               WHERE caller = $1 AND method = $2 AND key = $3
+                 AND claim = $4 AND state = 'in_progress'"#,
             claim.caller,
             claim.method,
             claim.key,
+            &claim.token[..],
             i16::try_from(parts.status.as_u16()).unwrap_or(i16::MAX),
             content_type,
             &body[..],
@@ -262,11 +282,21 @@ impl ClaimGuard {
         .execute(&self.db)
         .await;
         match stored {
-            Ok(_) => count(claim.method, "executed"),
+            Ok(done) if done.rows_affected() == 1 => count(claim.method, "executed"),
+            Ok(_) => {
+                // Our lease ran out and a retry took the key over: its
+                // response will be the stored one.
+                tracing::warn!(
+                    method = claim.method,
+                    "an idempotency claim was taken over before its response was stored"
+                );
+                count(claim.method, "lease_lost");
+            }
             Err(error) => {
                 // The caller still gets the response; a retry will execute
                 // again once the claim is given up, and the methods' natural
-                // idempotency (same msgId, same commit) covers that.
+                // idempotency (same msgId, same commit, same KeyPackage)
+                // covers that.
                 tracing::error!(%error, method = claim.method, "could not store an idempotent response");
                 release(&self.db, &claim).await;
             }
@@ -289,10 +319,12 @@ impl Drop for ClaimGuard {
 /// Deletes an unsettled claim, so the next request with the key executes.
 async fn release(db: &PgPool, claim: &Claim) {
     let released = sqlx::query!(
-        "DELETE FROM idempotency_keys WHERE caller = $1 AND method = $2 AND key = $3 AND state = 'in_progress'",
+        "DELETE FROM idempotency_keys \
+         WHERE caller = $1 AND method = $2 AND key = $3 AND claim = $4 AND state = 'in_progress'",
         claim.caller,
         claim.method,
         claim.key,
+        &claim.token[..],
     )
     .execute(db)
     .await;

@@ -243,8 +243,9 @@ async fn external_commits(
     database_url: &str,
     change: &rollout::Change,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    // No migrations here: the servers own the schema, and an operator's
+    // tool must not move it ahead of them.
     let pool = db::connect(database_url, 1).await?;
-    db::migrate(&pool).await?;
     let state = if change.is_empty() {
         rollout::load(&pool).await?
     } else {

@@ -1,13 +1,17 @@
-//! Rate limits per client IP and per caller DID, by method class, enforced
-//! by the auth hook: the IP budget before the token is looked at (so a flood
-//! of bad tokens is cut off), the caller's budget only after the token
-//! verified (so nobody can spend another user's budget by naming them in a
-//! forged token). Budgets are per process (GCRA, via `governor`): with
-//! several processes behind a load balancer each enforces its own share.
+//! Rate limits, enforced by the auth hook: per verified caller DID, by
+//! method class, spent only after the token verified (so a forged token
+//! never spends the budget of the DID it names); and per client address,
+//! spent by requests that fail authentication, checked before any token is
+//! looked at, so a flood of bad tokens is cut off cheaply while the many
+//! valid users behind one address (a PDS proxying for them) are limited
+//! only by their own budgets. Budgets are per process (GCRA, via
+//! `governor`): with several processes each enforces its own share.
 
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use catbird_generated::lexicons::blue::catbird::mls::ROUTES;
@@ -18,14 +22,15 @@ use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 /// What a method does, for its budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MethodClass {
     /// Queries and subscriptions.
     Read,
     /// Procedures.
     Write,
     /// `getKeyPackages`: each call uses up other users' KeyPackages, so
-    /// exhausting them is an attack; it has its own, stricter budget.
+    /// exhausting them is an attack; it has its own, stricter budget,
+    /// counted in users asked for.
     KeyPackageFetch,
 }
 
@@ -61,6 +66,7 @@ impl MethodClass {
 pub struct ClassLimits {
     pub read: Option<NonZeroU32>,
     pub write: Option<NonZeroU32>,
+    /// Users asked for with getKeyPackages, per minute.
     pub key_package_fetch: Option<NonZeroU32>,
 }
 
@@ -78,6 +84,7 @@ impl ClassLimits {
 #[derive(Debug, Clone)]
 pub struct RateLimitSettings {
     pub per_caller: ClassLimits,
+    /// Failed authentications per client address.
     pub per_ip: ClassLimits,
     /// The header a trusted reverse proxy puts the client address in (its
     /// last entry is used); without it, the connection's peer address.
@@ -96,13 +103,23 @@ impl<K: std::hash::Hash + Eq + Clone> Budgets<K> {
         }))
     }
 
-    /// Spends one request of `key`'s budget, or says how long to wait.
-    fn spend(&self, class: MethodClass, key: &K) -> Result<(), Duration> {
-        match &self.0[class.index()] {
-            Some(limiter) => limiter
-                .check_key(key)
-                .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now())),
-            None => Ok(()),
+    /// Spends `units` of `key`'s budget, or says how long to wait; `None`
+    /// when `units` exceed the whole budget.
+    fn spend(
+        &self,
+        class: MethodClass,
+        key: &K,
+        units: NonZeroU32,
+    ) -> Result<(), Option<Duration>> {
+        let Some(limiter) = &self.0[class.index()] else {
+            return Ok(());
+        };
+        match limiter.check_key_n(key, units) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(Some(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            )),
+            Err(_insufficient) => Err(None),
         }
     }
 
@@ -118,6 +135,8 @@ impl<K: std::hash::Hash + Eq + Clone> Budgets<K> {
 pub struct RateLimits {
     per_caller: Budgets<String>,
     per_ip: Budgets<IpAddr>,
+    /// Addresses (and classes) over their failure budget, until when.
+    blocked: Mutex<HashMap<(IpAddr, MethodClass), Instant>>,
     client_ip_header: Option<HeaderName>,
 }
 
@@ -126,22 +145,57 @@ impl RateLimits {
         Self {
             per_caller: Budgets::new(&settings.per_caller),
             per_ip: Budgets::new(&settings.per_ip),
+            blocked: Mutex::new(HashMap::new()),
             client_ip_header: settings.client_ip_header.clone(),
         }
     }
 
-    /// Spends one request from the client address's budget.
+    /// Refuses an address that spent its failed-authentication budget,
+    /// before its token is looked at.
     pub fn check_ip(&self, class: MethodClass, ip: IpAddr) -> Result<(), XrpcError> {
-        self.per_ip
-            .spend(class, &ip)
-            .map_err(|wait| rejected(class, "ip", wait))
+        let blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = Instant::now();
+        match blocked.get(&(address_key(ip), class)) {
+            Some(until) if *until > now => Err(rejected(class, "ip", *until - now)),
+            _ => Ok(()),
+        }
     }
 
-    /// Spends one request from a verified caller's budget.
-    pub fn check_caller(&self, class: MethodClass, did: &str) -> Result<(), XrpcError> {
+    /// Charges a failed authentication to the address; past its budget the
+    /// address is refused until the budget refills.
+    pub fn charge_failure(&self, class: MethodClass, ip: IpAddr) -> Result<(), XrpcError> {
+        let key = address_key(ip);
+        match self.per_ip.spend(class, &key, NonZeroU32::MIN) {
+            Ok(()) => Ok(()),
+            Err(wait) => {
+                let wait = wait.unwrap_or(Duration::from_secs(60));
+                let mut blocked = self
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                blocked.insert((key, class), Instant::now() + wait);
+                Err(rejected(class, "ip", wait))
+            }
+        }
+    }
+
+    /// Spends `units` of a verified caller's budget (one per request; one
+    /// per user asked for with getKeyPackages).
+    pub fn check_caller(&self, class: MethodClass, did: &str, units: u32) -> Result<(), XrpcError> {
+        let Some(units) = NonZeroU32::new(units) else {
+            return Ok(());
+        };
         self.per_caller
-            .spend(class, &did.to_owned())
-            .map_err(|wait| rejected(class, "caller", wait))
+            .spend(class, &did.to_owned(), units)
+            .map_err(|wait| match wait {
+                Some(wait) => rejected(class, "caller", wait),
+                None => XrpcError::invalid_request(format!(
+                    "this asks for {units} at once, more than this service allows a caller per minute"
+                )),
+            })
     }
 
     /// Drops the state of callers and addresses whose budgets are full
@@ -149,25 +203,58 @@ impl RateLimits {
     pub fn forget_idle(&self) {
         self.per_caller.forget_idle();
         self.per_ip.forget_idle();
+        let now = Instant::now();
+        let mut blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        blocked.retain(|_, until| *until > now);
     }
 
     /// The client's address: from the trusted proxy's header if one is
-    /// configured, else the connection's peer.
+    /// configured and holds an address (its last entry), else the
+    /// connection's peer.
     pub fn client_ip(&self, request: &Parts) -> Option<IpAddr> {
-        match &self.client_ip_header {
-            Some(header) => request
-                .headers
-                .get_all(header)
-                .iter()
-                .next_back()
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.rsplit(',').next())
-                .and_then(|value| value.trim().parse().ok()),
-            None => request
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|info| info.0.ip()),
+        let peer = request
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let Some(header) = &self.client_ip_header else {
+            return peer;
+        };
+        request
+            .headers
+            .get_all(header)
+            .iter()
+            .next_back()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| {
+                value
+                    .rsplit(',')
+                    .map(str::trim)
+                    .find(|entry| !entry.is_empty())
+            })
+            .and_then(parse_address)
+            .or(peer)
+    }
+}
+
+/// `203.0.113.7`, `2001:db8::1`, or either with a port.
+fn parse_address(text: &str) -> Option<IpAddr> {
+    text.parse::<IpAddr>()
+        .or_else(|_| text.parse::<SocketAddr>().map(|address| address.ip()))
+        .ok()
+}
+
+/// The budget key of an address: IPv6 clients get a /64 each, so rotating
+/// through one allocation does not multiply the budget.
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
         }
+        v4 => v4,
     }
 }
 
@@ -213,21 +300,35 @@ mod tests {
             client_ip_header: None,
         });
         let write = MethodClass::Write;
-        assert!(limits.check_caller(write, "did:plc:a").is_ok());
-        assert!(limits.check_caller(write, "did:plc:a").is_ok());
-        let refused = limits.check_caller(write, "did:plc:a").unwrap_err();
+        assert!(limits.check_caller(write, "did:plc:a", 1).is_ok());
+        assert!(limits.check_caller(write, "did:plc:a", 1).is_ok());
+        let refused = limits.check_caller(write, "did:plc:a", 1).unwrap_err();
         assert_eq!(refused.status().as_u16(), 429);
-        assert!(limits.check_caller(write, "did:plc:b").is_ok());
-        assert!(limits.check_caller(MethodClass::Read, "did:plc:a").is_ok());
+        assert!(limits.check_caller(write, "did:plc:b", 1).is_ok());
         assert!(
             limits
-                .check_caller(MethodClass::KeyPackageFetch, "did:plc:a")
+                .check_caller(MethodClass::Read, "did:plc:a", 1)
                 .is_ok()
         );
-        assert!(
-            limits
-                .check_caller(MethodClass::KeyPackageFetch, "did:plc:a")
-                .is_err()
+        let fetch = MethodClass::KeyPackageFetch;
+        assert!(limits.check_caller(fetch, "did:plc:a", 1).is_ok());
+        assert!(limits.check_caller(fetch, "did:plc:a", 1).is_err());
+        // More at once than the whole budget: a plain refusal, not a wait.
+        let too_many = limits.check_caller(fetch, "did:plc:c", 2).unwrap_err();
+        assert_eq!(too_many.status().as_u16(), 400);
+    }
+
+    #[test]
+    fn addresses_are_keyed_by_ipv4_or_ipv6_64() {
+        let key = |text: &str| address_key(text.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:3:4:5:6"), key("2001:db8:1:2:ffff::1"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:203.0.113.7"), key("203.0.113.7"));
+        assert_eq!(parse_address("203.0.113.7:443"), "203.0.113.7".parse().ok());
+        assert_eq!(
+            parse_address("[2001:db8::1]:443"),
+            "2001:db8::1".parse().ok()
         );
+        assert_eq!(parse_address("unknown"), None);
     }
 }

@@ -8,6 +8,8 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
+use crate::error::ServiceError;
+
 /// The switch's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -39,6 +41,22 @@ impl Change {
 }
 
 impl Rollout {
+    /// `ExternalCommitNotEnabled` unless `did` may rejoin by external
+    /// commit; the message tells the client how to fall back.
+    pub fn check(&self, did: &str) -> Result<(), ServiceError> {
+        if self.admits(did) {
+            return Ok(());
+        }
+        let why = if self.enabled {
+            "external commits are not yet rolled out to this account"
+        } else {
+            "external commits are switched off"
+        };
+        Err(ServiceError::ExternalCommitNotEnabled(format!(
+            "{why}: rejoin through a Welcome (another member re-adds this device with addMembers)"
+        )))
+    }
+
     fn from_row(enabled: bool, percent: i16, allow_list: Vec<String>) -> Self {
         Self {
             enabled,

@@ -41,9 +41,11 @@ pub struct Service {
 impl XrpcService for Service {
     type Caller = Caller;
 
-    /// The client address's rate limit, then service auth (DESIGN.md
-    /// "Auth") bound to the route's NSID, then the caller's rate limit: a
-    /// token that does not verify never spends its claimed issuer's budget.
+    /// An address over its failed-authentication budget is refused first;
+    /// then service auth (DESIGN.md "Auth") bound to the route's NSID; a
+    /// failure is audited and charged to the address, a success to the
+    /// caller's budget, so a token that does not verify never spends its
+    /// claimed issuer's budget.
     async fn authenticate(&self, nsid: &'static str, request: &Parts) -> Result<Caller, XrpcError> {
         let class = MethodClass::of(nsid);
         let client_ip = self.state.limits.client_ip(request);
@@ -57,18 +59,25 @@ impl XrpcService for Service {
         let mut caller = match self.state.verifier.verify(nsid, header).await {
             Ok(caller) => caller,
             Err(error) => {
-                if !matches!(error, AuthError::Internal(_)) {
-                    let claimed = auth::claimed_issuer(header)
-                        .map(|issuer| issuer.chars().take(MAX_AUDITED_ISSUER).collect::<String>());
+                // No token at all is not an attempt worth a row; our own
+                // failures are logged where they become a 500.
+                if !matches!(error, AuthError::Missing | AuthError::Internal(_)) {
+                    let claimed = auth::claimed_issuer(header);
                     let event = AuditEvent::new(AuditKind::AuthFailed, claimed.as_deref(), nsid)
                         .from_ip(client_ip)
                         .because(error.to_string());
                     audit::record(&self.state.db, event).await;
                 }
+                if let Some(ip) = client_ip {
+                    self.state.limits.charge_failure(class, ip)?;
+                }
                 return Err(error.into());
             }
         };
-        self.state.limits.check_caller(class, caller.did.as_str())?;
+        // getKeyPackages is charged per user asked for, by its handler.
+        let units = u32::from(class != MethodClass::KeyPackageFetch);
+        let did = caller.did.as_str();
+        self.state.limits.check_caller(class, did, units)?;
         caller.client_ip = client_ip;
         telemetry::record_caller(caller.did.as_str());
         Ok(caller)
@@ -80,14 +89,10 @@ impl XrpcService for Service {
     }
 }
 
-/// The most of an unverified `iss` claim kept in the audit log, in
-/// characters.
-const MAX_AUDITED_ISSUER: usize = 256;
-
 impl Service {
     /// Every commit goes through the one path in `convos::commits`, and
-    /// is audited and counted here: external commits (after the rollout
-    /// switch), removals and bans, and every rejection with its reason.
+    /// is audited and counted here: external commits, removals and bans,
+    /// and every rejection with its reason.
     async fn commit(
         &self,
         caller: &Caller,
@@ -97,15 +102,12 @@ impl Service {
         group_info: &[u8],
     ) -> Result<commits::Accepted, ServiceError> {
         let nsid = method.nsid();
-        let external = matches!(method, CommitMethod::External);
+        let external = matches!(method, CommitMethod::External { .. });
         let removal = match &method {
             CommitMethod::RemoveMember { did, ban } => Some((did.to_string(), *ban)),
             _ => None,
         };
         let result = async {
-            if external {
-                self.require_external_commits(caller).await?;
-            }
             let group_id = convos::group_id(convo_id)?;
             commits::commit(
                 &self.state.db,
@@ -126,6 +128,8 @@ impl Service {
                 .in_convo(convo_id)
         };
         match &result {
+            // A resubmission changes nothing: it was audited when accepted.
+            Ok(accepted) if accepted.resubmitted => {}
             Ok(_) => {
                 if external {
                     audit::record(&self.state.db, event(AuditKind::ExternalCommitAccepted)).await;
@@ -154,23 +158,6 @@ impl Service {
             }
         }
         result
-    }
-
-    /// The rollout switch: off, or the caller outside the share and the
-    /// allow-list, means ExternalCommitNotEnabled.
-    async fn require_external_commits(&self, caller: &Caller) -> Result<(), ServiceError> {
-        let rollout = rollout::load(&self.state.db).await?;
-        if rollout.admits(caller.did.as_str()) {
-            return Ok(());
-        }
-        let why = if rollout.enabled {
-            "external commits are not yet rolled out to this account"
-        } else {
-            "external commits are switched off"
-        };
-        Err(ServiceError::ExternalCommitNotEnabled(format!(
-            "{why}: rejoin through a Welcome (another member re-adds this device with addMembers)"
-        )))
     }
 
     /// The group id of a conversation that exists.
@@ -357,6 +344,10 @@ impl mls::Handler for Service {
         caller: Caller,
         params: get_key_packages::Params,
     ) -> get_key_packages::Response {
+        // The stricter budget counts users asked for.
+        let asked = u32::try_from(params.dids.len()).unwrap_or(u32::MAX);
+        let (class, did) = (MethodClass::KeyPackageFetch, caller.did.as_str());
+        self.state.limits.check_caller(class, did, asked)?;
         let suite = mls_crypto::requested_cipher_suite(&params.cipher_suite)?;
         // With a conversation: only for its members, and skipping devices
         // already in it.
@@ -451,19 +442,20 @@ impl mls::Handler for Service {
     ) -> process_external_commit::Response {
         let started = Instant::now();
         metrics::counter!("external_commit_requests_total").increment(1);
-        let result = self
-            .commit(
-                &caller,
-                &input.convo_id,
-                CommitMethod::External,
-                &input.external_commit.0,
-                &input.group_info.0,
-            )
-            .await;
+        let result = async {
+            let rollout = rollout::load(&self.state.db).await?;
+            let method = CommitMethod::External { rollout: &rollout };
+            let (commit, group_info) = (&input.external_commit.0, &input.group_info.0);
+            self.commit(&caller, &input.convo_id, method, commit, group_info)
+                .await
+        }
+        .await;
         metrics::histogram!("external_commit_latency_seconds")
             .record(started.elapsed().as_secs_f64());
         let accepted = result?;
-        metrics::counter!("external_commit_success_total").increment(1);
+        if !accepted.resubmitted {
+            metrics::counter!("external_commit_success_total").increment(1);
+        }
         Ok(process_external_commit::Output {
             epoch: accepted.epoch,
             seq: accepted.seq,

@@ -3,8 +3,9 @@
 //! first response, byte for byte, and the method runs once (the database
 //! holds one row; `idempotency_requests_total` counts one execution); the
 //! same key with another input is refused with 422 and stores nothing; 20
-//! concurrent requests with one key execute once; a 5xx is not stored, so
-//! the retry executes; expired keys are deleted by the cleanup job.
+//! concurrent requests with one key execute once; a 5xx, or a request that
+//! never reached its handler, is not stored, so the retry executes; expired
+//! keys are deleted by the cleanup job.
 
 mod common;
 
@@ -165,6 +166,10 @@ async fn retries_with_one_key_execute_once_and_get_the_same_bytes(pool: PgPool) 
         let replayed = outcomes(&after, nsid, "hit") - outcomes(&before, nsid, "hit");
         assert_eq!((ran, replayed), (1.0, 2.0), "{nsid}");
     }
+
+    // Within their 24 hours the keys stay.
+    let cleaned = maintenance::run_once(&app.state).await.unwrap();
+    assert_eq!(cleaned.idempotency_keys, 0);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -267,6 +272,7 @@ async fn twenty_concurrent_requests_with_one_key_execute_once(pool: PgPool) {
 
 #[sqlx::test(migrations = "./migrations")]
 async fn a_server_error_is_not_stored_and_the_retry_executes(pool: PgPool) {
+    let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn(pool).await;
     let alice = app.user("alice");
     let phone = Device::new(&alice.did, "phone");
@@ -312,7 +318,42 @@ async fn a_server_error_is_not_stored_and_the_retry_executes(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "./migrations")]
+async fn a_request_that_does_not_decode_is_not_stored(pool: PgPool) {
+    let _exclusive = metrics::exclusive().await;
+    let app = TestApp::spawn(pool).await;
+    let alice = app.user("alice");
+    let phone = Device::new(&alice.did, "phone");
+    let publish = publish_key_package::Input {
+        key_package: phone.key_package(),
+        idempotency_key: Some("typo".into()),
+    };
+    let url = app.url(&format!("/xrpc/{}", publish_key_package::NSID));
+    let sent_as = |content_type: &'static str| {
+        app.http()
+            .post(&url)
+            .header(
+                AUTHORIZATION,
+                format!("Bearer {}", app.token(&alice, publish_key_package::NSID)),
+            )
+            .header(CONTENT_TYPE, content_type)
+            .body(serde_json::to_vec(&publish).unwrap())
+    };
+    // The handler never ran: nothing to remember, and the corrected
+    // request with the same key executes.
+    let wrong = sent_as("text/plain").send().await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let right = sent_as("application/json").send().await.unwrap();
+    assert_eq!(right.status(), StatusCode::OK);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM key_packages")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
+
+#[sqlx::test(migrations = "./migrations")]
 async fn expired_keys_are_deleted_by_the_cleanup_job(pool: PgPool) {
+    let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn_with(pool, |config| config.idempotency_ttl_seconds = 1).await;
     let alice = app.user("alice");
     let phone = Device::new(&alice.did, "phone");
@@ -324,9 +365,6 @@ async fn expired_keys_are_deleted_by_the_cleanup_job(pool: PgPool) {
         let answer = call(&app, &alice, publish_key_package::NSID, &publish).await;
         assert_eq!(answer.status, StatusCode::OK, "{index}: {}", text(&answer));
     }
-    let nothing_yet = maintenance::run_once(&app.state).await.unwrap();
-    assert_eq!(nothing_yet.idempotency_keys, 0);
-
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let cleaned = maintenance::run_once(&app.state).await.unwrap();
     assert_eq!(cleaned.idempotency_keys, 2);

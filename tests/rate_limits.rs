@@ -1,9 +1,10 @@
 //! Rate limits (server/ratelimit.rs) over real HTTP: past a caller's budget
 //! requests get 429 `RateLimitExceeded` with `Retry-After` while other
-//! callers go on; getKeyPackages has its own, stricter budget; tokens that
-//! do not verify never spend the budget of the DID they name; a client
-//! address's budget cuts off a flood before any token is looked at, by the
-//! connection's address or a trusted proxy's header.
+//! callers go on; getKeyPackages has its own, stricter budget, counted in
+//! users asked for; tokens that do not verify never spend the budget of the
+//! DID they name; an address that keeps failing authentication is cut off
+//! before its tokens are checked (by the connection's address, or a trusted
+//! proxy's header), while valid users behind one address are not.
 
 mod common;
 
@@ -50,12 +51,10 @@ fn status_request(app: &TestApp, user: &LocalIdentity, token: Option<String>) ->
     }
 }
 
-fn fetch_request(app: &TestApp, caller: &LocalIdentity, of: &LocalIdentity) -> RequestBuilder {
-    let url = Url::parse_with_params(
-        &app.url(&format!("/xrpc/{FETCH}")),
-        [("dids", of.did.as_str()), ("cipherSuite", SUITE_NAME)],
-    )
-    .unwrap();
+fn fetch_request(app: &TestApp, caller: &LocalIdentity, of: &[&LocalIdentity]) -> RequestBuilder {
+    let mut query: Vec<(&str, &str)> = of.iter().map(|user| ("dids", user.did.as_str())).collect();
+    query.push(("cipherSuite", SUITE_NAME));
+    let url = Url::parse_with_params(&app.url(&format!("/xrpc/{FETCH}")), query).unwrap();
     app.http().get(url).header(
         AUTHORIZATION,
         format!("Bearer {}", app.token(caller, FETCH)),
@@ -106,18 +105,21 @@ async fn past_its_budget_a_caller_gets_429_and_others_go_on(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "./migrations")]
-async fn key_package_fetches_have_a_stricter_budget_of_their_own(pool: PgPool) {
-    // With the default settings.
+async fn key_package_fetches_have_a_stricter_budget_counted_in_users(pool: PgPool) {
     let defaults = common::test_config(std::path::Path::new("unused"));
     assert!(defaults.rate_limit_key_package_fetch < defaults.rate_limit_read);
-    let app = TestApp::spawn(pool).await;
-    let (alice, bob) = (app.user("alice"), app.user("bob"));
-    for _ in 0..defaults.rate_limit_key_package_fetch {
-        let (status, body, _) = send(fetch_request(&app, &alice, &bob)).await;
-        // Bob has published nothing: 404 NoKeyPackages, but a fetch all the same.
+    let app = TestApp::spawn_with(pool, |config| config.rate_limit_key_package_fetch = 5).await;
+    let (alice, bob, carol) = (app.user("alice"), app.user("bob"), app.user("carol"));
+    for _ in 0..2 {
+        let (status, body, _) = send(fetch_request(&app, &alice, &[&bob, &carol])).await;
+        // Nothing published: 404 NoKeyPackages, but a fetch all the same.
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     }
-    assert_limited(send(fetch_request(&app, &alice, &bob)).await);
+    // Four users asked for: two more do not fit the budget of five, one does.
+    assert_limited(send(fetch_request(&app, &alice, &[&bob, &carol])).await);
+    let (status, body, _) = send(fetch_request(&app, &alice, &[&bob])).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_limited(send(fetch_request(&app, &alice, &[&bob])).await);
 
     // Her other queries are unaffected.
     let token = app.token(&alice, STATUS);
@@ -163,42 +165,67 @@ async fn tokens_that_do_not_verify_never_spend_the_named_callers_budget(pool: Pg
 }
 
 #[sqlx::test(migrations = "./migrations")]
-async fn an_address_flooding_without_valid_tokens_is_cut_off_before_auth(pool: PgPool) {
+async fn an_address_that_keeps_failing_authentication_is_cut_off(pool: PgPool) {
+    let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn_with(pool, |config| config.rate_limit_ip_read = 5).await;
     let alice = app.user("alice");
+    let before = metrics::scrape(&app).await;
     for _ in 0..5 {
         let (status, body, _) = send(status_request(&app, &alice, None)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
-    // From this address even a valid token waits now.
+    assert_limited(send(status_request(&app, &alice, None)).await);
+    // From this address even a valid token waits now: it is not looked at.
     let token = app.token(&alice, STATUS);
     assert_limited(send(status_request(&app, &alice, Some(token))).await);
+    let after = metrics::scrape(&app).await;
+    let labels = [("class", "read"), ("scope", "ip")];
+    let rejected = after.count("rate_limit_rejections_total", &labels)
+        - before.count("rate_limit_rejections_total", &labels);
+    assert_eq!(rejected, 2.0);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn valid_users_behind_one_address_do_not_share_its_budget(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |config| config.rate_limit_ip_read = 2).await;
+    for name in ["alice", "bob", "carol"] {
+        let user = app.user(name);
+        for _ in 0..3 {
+            let token = app.token(&user, STATUS);
+            let (status, body, _) = send(status_request(&app, &user, Some(token))).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    }
 }
 
 #[sqlx::test(migrations = "./migrations")]
 async fn behind_a_proxy_the_address_comes_from_its_header(pool: PgPool) {
+    let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn_with(pool, |config| {
         config.rate_limit_ip_read = 2;
         config.client_ip_header = Some("x-forwarded-for".into());
     })
     .await;
     let alice = app.user("alice");
+    // The proxy appends the address it saw; what the client wrote before it
+    // is not trusted.
     let from = |address: &str| {
-        let token = app.token(&alice, STATUS);
-        // The proxy appends the address it saw; what the client wrote
-        // before it is not trusted.
-        status_request(&app, &alice, Some(token))
+        status_request(&app, &alice, None)
             .header("x-forwarded-for", format!("198.51.100.7, {address}"))
     };
     for _ in 0..2 {
         let (status, body, _) = send(from("203.0.113.1")).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     }
     assert_limited(send(from("203.0.113.1")).await);
-    let (status, body, _) = send(from("203.0.113.2")).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "another client behind the same proxy: {body}"
-    );
+    let (status, body, _) = send(from("203.0.113.2:5678")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "another client: {body}");
+
+    // Without the header (or with no address in it), the connection's
+    // address counts: no way around the budget.
+    for _ in 0..2 {
+        let (status, body, _) = send(status_request(&app, &alice, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    }
+    assert_limited(send(from("unknown")).await);
 }

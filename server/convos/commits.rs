@@ -16,6 +16,7 @@ use super::{ConvoSettings, Standing, require_rejoin_access, sha256, standing, st
 use crate::error::ServiceError;
 use crate::groups::engine::{self, CommitOutcome, CommittedProposal, ProposalKind};
 use crate::mls_crypto;
+use crate::rollout::Rollout;
 
 /// Which method a commit came through: each allows different changes.
 pub enum CommitMethod<'a> {
@@ -26,8 +27,10 @@ pub enum CommitMethod<'a> {
     GroupChange,
     /// removeMember: removals of `did`'s devices only.
     RemoveMember { did: &'a Did, ban: bool },
-    /// processExternalCommit: the caller's device (re)joins.
-    External,
+    /// processExternalCommit: the caller's device (re)joins, if the
+    /// rollout switch lets the caller (checked after the resubmission
+    /// check, so a client retrying an accepted commit gets its result).
+    External { rollout: &'a Rollout },
 }
 
 impl CommitMethod<'_> {
@@ -37,7 +40,7 @@ impl CommitMethod<'_> {
             Self::AddMembers { .. } => add_members::NSID,
             Self::GroupChange => commit_group_change::NSID,
             Self::RemoveMember { .. } => remove_member::NSID,
-            Self::External => process_external_commit::NSID,
+            Self::External { .. } => process_external_commit::NSID,
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Accepted {
     pub epoch: i64,
     pub seq: i64,
     pub accepted_at: DateTime<Utc>,
+    /// The same commit was accepted before: this is its original result.
+    pub resubmitted: bool,
 }
 
 pub async fn commit(
@@ -72,7 +77,11 @@ pub async fn commit(
             epoch: previous.epoch + 1,
             seq: previous.seq,
             accepted_at: previous.created_at,
+            resubmitted: true,
         });
+    }
+    if let CommitMethod::External { rollout } = &method {
+        rollout.check(caller.as_str())?;
     }
 
     let outcome = engine::apply_commit(&convo.state, group_id, commit, group_info, caller)?;
@@ -118,6 +127,7 @@ pub async fn commit(
         epoch: new_epoch,
         seq,
         accepted_at,
+        resubmitted: false,
     })
 }
 
@@ -142,7 +152,7 @@ async fn check_access(
     settings: &ConvoSettings,
     method: &CommitMethod<'_>,
 ) -> Result<bool, ServiceError> {
-    if let CommitMethod::External = method {
+    if let CommitMethod::External { .. } = method {
         require_rejoin_access(tx, group_id, caller, settings).await?;
         return Ok(false);
     }
@@ -169,7 +179,7 @@ async fn check_method_rules(
     method: &CommitMethod<'_>,
     outcome: &CommitOutcome,
 ) -> Result<(), ServiceError> {
-    let external = matches!(method, CommitMethod::External);
+    let external = matches!(method, CommitMethod::External { .. });
     if outcome.external != external {
         return Err(invalid(if external {
             "processExternalCommit takes an external commit"
@@ -266,7 +276,7 @@ async fn check_method_rules(
                 )));
             }
         }
-        CommitMethod::External => {}
+        CommitMethod::External { .. } => {}
     }
     Ok(())
 }
@@ -326,7 +336,7 @@ async fn apply_side_effects(
         CommitMethod::RemoveMember { did, ban: true } => {
             store::set_banned(tx, group_id, did.as_str(), true).await?;
         }
-        CommitMethod::External => {
+        CommitMethod::External { .. } => {
             welcomes::withdraw(tx, group_id, &[outcome.committer.to_string()]).await?;
         }
         CommitMethod::RemoveMember { ban: false, .. } | CommitMethod::GroupChange => {}
@@ -361,6 +371,7 @@ pub async fn propose_leave(
             epoch: previous.epoch,
             seq: previous.seq,
             accepted_at: previous.created_at,
+            resubmitted: true,
         });
     }
     let outcome = engine::apply_self_remove_proposal(&convo.state, group_id, proposal, caller)?;
@@ -383,5 +394,6 @@ pub async fn propose_leave(
         epoch: convo.epoch,
         seq,
         accepted_at,
+        resubmitted: false,
     })
 }

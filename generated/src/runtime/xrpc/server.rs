@@ -4,7 +4,8 @@
 //! Each method router runs the same fixed pipeline, so the order is a
 //! property of the runtime rather than of each handler:
 //! verb check -> `authenticate` -> parameters -> body -> `intercept`
-//! (procedures) -> decoding -> handler -> encoding.
+//! (procedures) -> decoding -> handler -> encoding (-> the intercept's
+//! observer).
 //! Authentication comes before any parsing, so an unauthenticated request
 //! never learns anything about the method's inputs and never reaches a
 //! handler.
@@ -68,10 +69,13 @@ pub trait XrpcService: Send + Sync + 'static {
 pub enum Intercept {
     /// Decode the body and run the handler.
     Proceed,
-    /// Run as usual, then pass the response (the handler's, or the error
-    /// that decoding or the handler produced) through this function before
-    /// it is sent. If the request is dropped first (the client went away,
-    /// the handler panicked) the function is dropped without being called.
+    /// Decode the body and run the handler, then pass the handler's
+    /// response (its output or its error) through this function before it
+    /// is sent. The handler and the function run to completion in a task of
+    /// their own, even if the client goes away meanwhile, so what the
+    /// handler did is always observed. If the body does not decode (the
+    /// handler never runs) or the handler panics, the function is dropped
+    /// without being called.
     Observe(ResponseObserver),
     /// Send this response; the body is not decoded and the handler does not
     /// run.
@@ -160,16 +164,25 @@ where
                 Intercept::Observe(observer) => Some(observer),
                 Intercept::Answer(response) => return response,
             };
-            let response = match decode_input::<I>(route, &parts, bytes) {
-                Ok(input) => match handler(service, caller, params, input).await {
+            let input = match decode_input::<I>(route, &parts, bytes) {
+                Ok(input) => input,
+                Err(error) => return error.into_response(),
+            };
+            let run = async move {
+                match handler(service, caller, params, input).await {
                     Ok(output) => output.into_response(route),
                     Err(error) => error.into_response(),
-                },
-                Err(error) => error.into_response(),
+                }
             };
-            match observer {
-                Some(observe) => observe(response).await,
-                None => response,
+            let Some(observe) = observer else {
+                return run.await;
+            };
+            match tokio::spawn(async move { observe(run.await).await }).await {
+                Ok(response) => response,
+                Err(failed) => match failed.try_into_panic() {
+                    Ok(panic) => XrpcError::internal(&PanicMessage(&*panic)).into_response(),
+                    Err(cancelled) => XrpcError::internal(&cancelled).into_response(),
+                },
             }
         })
     })
