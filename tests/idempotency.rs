@@ -38,11 +38,22 @@ struct Answer {
 
 /// Calls the procedure `nsid` as `user` with `input` as JSON.
 async fn call(app: &TestApp, user: &LocalIdentity, nsid: &str, input: &impl Serialize) -> Answer {
+    call_as(app, user, nsid, "application/json", input).await
+}
+
+/// [`call`] with the body labelled `content_type`.
+async fn call_as(
+    app: &TestApp,
+    user: &LocalIdentity,
+    nsid: &str,
+    content_type: &str,
+    input: &impl Serialize,
+) -> Answer {
     let response = app
         .http()
         .post(app.url(&format!("/xrpc/{nsid}")))
         .header(AUTHORIZATION, format!("Bearer {}", app.token(user, nsid)))
-        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_TYPE, content_type)
         .body(serde_json::to_vec(input).unwrap())
         .send()
         .await
@@ -77,6 +88,21 @@ fn outcomes(metrics: &Metrics, nsid: &str, outcome: &str) -> f64 {
         "idempotency_requests_total",
         &[("method", nsid), ("outcome", outcome)],
     )
+}
+
+/// publishKeyPackage's input with a fresh KeyPackage of `user`'s phone.
+fn publish_with_key(user: &LocalIdentity, key: &str) -> publish_key_package::Input {
+    publish_key_package::Input {
+        key_package: Device::new(&user.did, "phone").key_package(),
+        idempotency_key: Some(key.to_owned()),
+    }
+}
+
+async fn rows_in(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 async fn count(pool: &PgPool, sql: &str, bind: &[u8]) -> i64 {
@@ -275,11 +301,7 @@ async fn a_server_error_is_not_stored_and_the_retry_executes(pool: PgPool) {
     let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn(pool).await;
     let alice = app.user("alice");
-    let phone = Device::new(&alice.did, "phone");
-    let publish = publish_key_package::Input {
-        key_package: phone.key_package(),
-        idempotency_key: Some("publish-once".into()),
-    };
+    let publish = publish_with_key(&alice, "publish-once");
     // The database refuses KeyPackages for a moment: the handler fails with
     // a 500 of its own.
     sqlx::raw_sql(
@@ -294,11 +316,11 @@ async fn a_server_error_is_not_stored_and_the_retry_executes(pool: PgPool) {
     let failed = call(&app, &alice, publish_key_package::NSID, &publish).await;
     assert_eq!(failed.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(!text(&failed).contains("disk full"), "{}", text(&failed));
-    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(keys, 0, "a 5xx is not stored");
+    assert_eq!(
+        rows_in(&app.pool, "idempotency_keys").await,
+        0,
+        "a 5xx is not stored"
+    );
 
     sqlx::raw_sql("DROP TRIGGER refuse ON key_packages")
         .execute(&app.pool)
@@ -310,11 +332,7 @@ async fn a_server_error_is_not_stored_and_the_retry_executes(pool: PgPool) {
         call(&app, &alice, publish_key_package::NSID, &publish).await,
         retried
     );
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM key_packages")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 1);
+    assert_eq!(rows_in(&app.pool, "key_packages").await, 1);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -322,33 +340,15 @@ async fn a_request_that_does_not_decode_is_not_stored(pool: PgPool) {
     let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn(pool).await;
     let alice = app.user("alice");
-    let phone = Device::new(&alice.did, "phone");
-    let publish = publish_key_package::Input {
-        key_package: phone.key_package(),
-        idempotency_key: Some("typo".into()),
-    };
-    let url = app.url(&format!("/xrpc/{}", publish_key_package::NSID));
-    let sent_as = |content_type: &'static str| {
-        app.http()
-            .post(&url)
-            .header(
-                AUTHORIZATION,
-                format!("Bearer {}", app.token(&alice, publish_key_package::NSID)),
-            )
-            .header(CONTENT_TYPE, content_type)
-            .body(serde_json::to_vec(&publish).unwrap())
-    };
+    let publish = publish_with_key(&alice, "typo");
     // The handler never ran: nothing to remember, and the corrected
     // request with the same key executes.
-    let wrong = sent_as("text/plain").send().await.unwrap();
-    assert_eq!(wrong.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let right = sent_as("application/json").send().await.unwrap();
-    assert_eq!(right.status(), StatusCode::OK);
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM key_packages")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 1);
+    let nsid = publish_key_package::NSID;
+    let wrong = call_as(&app, &alice, nsid, "text/plain", &publish).await;
+    assert_eq!(wrong.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let right = call(&app, &alice, nsid, &publish).await;
+    assert_eq!(right.status, StatusCode::OK, "{}", text(&right));
+    assert_eq!(rows_in(&app.pool, "key_packages").await, 1);
 }
 
 #[sqlx::test(migrations = "./migrations")]
@@ -356,21 +356,13 @@ async fn expired_keys_are_deleted_by_the_cleanup_job(pool: PgPool) {
     let _exclusive = metrics::exclusive().await;
     let app = TestApp::spawn_with(pool, |config| config.idempotency_ttl_seconds = 1).await;
     let alice = app.user("alice");
-    let phone = Device::new(&alice.did, "phone");
     for (index, key) in ["a", "b"].into_iter().enumerate() {
-        let publish = publish_key_package::Input {
-            key_package: phone.key_package(),
-            idempotency_key: Some(key.into()),
-        };
+        let publish = publish_with_key(&alice, key);
         let answer = call(&app, &alice, publish_key_package::NSID, &publish).await;
         assert_eq!(answer.status, StatusCode::OK, "{index}: {}", text(&answer));
     }
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let cleaned = maintenance::run_once(&app.state).await.unwrap();
     assert_eq!(cleaned.idempotency_keys, 2);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(left, 0);
+    assert_eq!(rows_in(&app.pool, "idempotency_keys").await, 0);
 }
