@@ -26,7 +26,7 @@ use catbird_mls::auth::LocalIdentity;
 use catbird_mls::demo::{Device, Received};
 use catbird_mls::mls_crypto::from_hex;
 use chrono::{DateTime, Utc};
-use common::joiner::Joiner;
+use common::joiner::{Joiner, current_group_info};
 use common::{TestApp, assert_declared};
 use sqlx::PgPool;
 
@@ -38,25 +38,13 @@ async fn a_stranger_gets_no_group_info_and_no_external_commit_in(pool: PgPool) {
     let app = &convo.app;
     let mallory = app.user("mallory");
 
-    let refused = app
-        .client(&mallory)
-        .get_group_info(&convo.group_info_params())
+    convo
+        .assert_rejoin_refused(
+            &mallory,
+            get_group_info::Error::NotMember,
+            process_external_commit::Error::NotMember,
+        )
         .await;
-    assert_declared(
-        refused,
-        get_group_info::Error::NotMember,
-        StatusCode::FORBIDDEN,
-    );
-
-    // Even holding a current GroupInfo (a member leaked it), she cannot use it.
-    let joiner = Joiner::new(&format!("{}#phone", mallory.did.as_str()));
-    let (_, input) = joiner.external_commit(&convo.id, &convo.current_group_info().await);
-    let refused = app.client(&mallory).process_external_commit(&input).await;
-    assert_declared(
-        refused,
-        process_external_commit::Error::NotMember,
-        StatusCode::FORBIDDEN,
-    );
     assert_eq!(convo.service_epoch().await, 1, "nothing was committed");
     assert_eq!(
         convo.service_devices().await,
@@ -149,23 +137,13 @@ async fn the_rejoin_window_closes_after_30_days(pool: PgPool) {
     assert!(within.is_ok(), "29 days after: {within:?}");
 
     backdate_departure(app, &convo.id, &bob, 31).await;
-    let refused = app
-        .client(&bob)
-        .get_group_info(&convo.group_info_params())
+    convo
+        .assert_rejoin_refused(
+            &bob,
+            get_group_info::Error::NotMember,
+            process_external_commit::Error::NotMember,
+        )
         .await;
-    assert_declared(
-        refused,
-        get_group_info::Error::NotMember,
-        StatusCode::FORBIDDEN,
-    );
-    let joiner = Joiner::new(&convo.bob_id());
-    let (_, input) = joiner.external_commit(&convo.id, &convo.current_group_info().await);
-    let refused = app.client(&bob).process_external_commit(&input).await;
-    assert_declared(
-        refused,
-        process_external_commit::Error::NotMember,
-        StatusCode::FORBIDDEN,
-    );
     assert!(
         convo.expected_for(&bob, &convo.bob_id()).await.is_none(),
         "no longer expected after the window"
@@ -177,7 +155,6 @@ async fn the_rejoin_window_closes_after_30_days(pool: PgPool) {
 #[sqlx::test(migrations = "./migrations")]
 async fn a_banned_user_may_not_rejoin(pool: PgPool) {
     let mut convo = Convo::with_alice_and_bob(TestApp::spawn(pool).await).await;
-    let app = &convo.app;
     let bob = convo.bob.clone();
     assert!(convo.expected_for(&bob, &convo.bob_id()).await.is_some());
 
@@ -185,23 +162,13 @@ async fn a_banned_user_may_not_rejoin(pool: PgPool) {
     let removed = convo.alice_phone.remove(&convo.id, &bob.did, true).await;
     assert_eq!(removed.unwrap(), [convo.bob_id()]);
 
-    let refused = app
-        .client(&bob)
-        .get_group_info(&convo.group_info_params())
+    convo
+        .assert_rejoin_refused(
+            &bob,
+            get_group_info::Error::Banned,
+            process_external_commit::Error::Banned,
+        )
         .await;
-    assert_declared(
-        refused,
-        get_group_info::Error::Banned,
-        StatusCode::FORBIDDEN,
-    );
-    let joiner = Joiner::new(&convo.bob_id());
-    let (_, input) = joiner.external_commit(&convo.id, &convo.current_group_info().await);
-    let refused = app.client(&bob).process_external_commit(&input).await;
-    assert_declared(
-        refused,
-        process_external_commit::Error::Banned,
-        StatusCode::FORBIDDEN,
-    );
     assert!(
         convo.expected_for(&bob, &convo.bob_id()).await.is_none(),
         "a banned user is not told to rejoin"
@@ -398,9 +365,25 @@ impl Convo {
 
     /// The current GroupInfo, as Alice (a current member) fetches it.
     async fn current_group_info(&self) -> Bytes {
-        let client = self.app.client(&self.alice);
-        let current = client.get_group_info(&self.group_info_params()).await;
-        current.unwrap().group_info
+        current_group_info(&self.app.client(&self.alice), &self.id).await
+    }
+
+    /// `user` may not rejoin: getGroupInfo answers `group_info_error`, and
+    /// even holding a current GroupInfo (a member leaked it), an external
+    /// commit for `user`'s phone answers `commit_error`; both 403.
+    async fn assert_rejoin_refused(
+        &self,
+        user: &LocalIdentity,
+        group_info_error: get_group_info::Error,
+        commit_error: process_external_commit::Error,
+    ) {
+        let client = self.app.client(user);
+        let refused = client.get_group_info(&self.group_info_params()).await;
+        assert_declared(refused, group_info_error, StatusCode::FORBIDDEN);
+        let joiner = Joiner::new(&format!("{}#phone", user.did.as_str()));
+        let (_, input) = joiner.external_commit(&self.id, &self.current_group_info().await);
+        let refused = client.process_external_commit(&input).await;
+        assert_declared(refused, commit_error, StatusCode::FORBIDDEN);
     }
 
     /// The service's epoch, as Alice reads it.
