@@ -65,13 +65,14 @@ async fn garbage_as_a_commit_is_invalid_commit(pool: PgPool) {
             .alice
             .submit_raw(&f.convo, commit, group_info.clone())
             .await;
-        expect_error(
+        f.assert_refused(
             result,
             commit_group_change::Error::InvalidCommit,
             StatusCode::BAD_REQUEST,
             what,
-        );
-        assert_eq!(f.snapshot().await, before, "after {what}");
+            &before,
+        )
+        .await;
     }
     f.assert_still_works().await;
 }
@@ -85,18 +86,15 @@ async fn a_malformed_group_info_with_a_valid_commit_is_invalid_group_info(pool: 
     // ratchet_tree extension.
     let without_tree = f.alice.prepare_self_update_with(&f.convo, false);
     let result = f.alice.submit(&f.convo, &without_tree).await;
-    expect_error(
+    f.alice.discard(&f.convo);
+    f.assert_refused(
         result,
         commit_group_change::Error::InvalidGroupInfo,
         StatusCode::BAD_REQUEST,
         "a GroupInfo without the ratchet tree",
-    );
-    f.alice.discard(&f.convo);
-    assert_eq!(
-        f.snapshot().await,
-        before,
-        "after the GroupInfo without tree"
-    );
+        &before,
+    )
+    .await;
 
     let prepared = f.alice.prepare_self_update(&f.convo);
     let bad_group_infos = [
@@ -108,13 +106,14 @@ async fn a_malformed_group_info_with_a_valid_commit_is_invalid_group_info(pool: 
             .alice
             .submit_raw(&f.convo, prepared.commit.0.clone(), group_info)
             .await;
-        expect_error(
+        f.assert_refused(
             result,
             commit_group_change::Error::InvalidGroupInfo,
             StatusCode::BAD_REQUEST,
             what,
-        );
-        assert_eq!(f.snapshot().await, before, "after {what}");
+            &before,
+        )
+        .await;
     }
 
     // The same commit with its own GroupInfo: nothing of it was kept.
@@ -141,13 +140,14 @@ async fn a_tampered_commit_is_invalid_commit(pool: PgPool) {
             .alice
             .submit_raw(&f.convo, commit, prepared.group_info.0.clone())
             .await;
-        expect_error(
+        f.assert_refused(
             result,
             commit_group_change::Error::InvalidCommit,
             StatusCode::BAD_REQUEST,
             what,
-        );
-        assert_eq!(f.snapshot().await, before, "after {what}");
+            &before,
+        )
+        .await;
     }
 
     // The untampered commit is still good.
@@ -172,13 +172,14 @@ async fn a_commit_for_another_group_is_invalid_commit(pool: PgPool) {
             foreign.group_info.0.clone(),
         )
         .await;
-    expect_error(
+    f.assert_refused(
         result,
         commit_group_change::Error::InvalidCommit,
         StatusCode::BAD_REQUEST,
         "a commit of another conversation",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
 
     // It is a real commit: its own conversation takes it.
     f.alice.submit_and_merge(&other, &foreign).await;
@@ -197,14 +198,15 @@ async fn a_self_update_that_changes_the_leafs_did_is_invalid_commit(pool: PgPool
     for identity in &identities {
         let (prepared, _) = f.alice.prepare_key_rotation(&f.convo, identity);
         let result = f.alice.submit(&f.convo, &prepared).await;
-        expect_error(
+        f.alice.discard(&f.convo);
+        f.assert_refused(
             result,
             commit_group_change::Error::InvalidCommit,
             StatusCode::BAD_REQUEST,
             &format!("a self-update to {identity}"),
-        );
-        f.alice.discard(&f.convo);
-        assert_eq!(f.snapshot().await, before, "after {identity}");
+            &before,
+        )
+        .await;
     }
 
     // The control: the same kind of commit (a new signature key and
@@ -246,13 +248,14 @@ async fn a_group_info_that_does_not_match_the_commit_is_invalid_group_info(pool:
             .alice
             .submit_raw(&f.convo, prepared.commit.0.clone(), group_info)
             .await;
-        expect_error(
+        f.assert_refused(
             result,
             commit_group_change::Error::InvalidGroupInfo,
             StatusCode::BAD_REQUEST,
             what,
-        );
-        assert_eq!(f.snapshot().await, before, "after {what}");
+            &before,
+        )
+        .await;
     }
 
     // The commit with its correct GroupInfo: accepted, and that GroupInfo
@@ -273,13 +276,14 @@ async fn a_stale_commit_is_epoch_mismatch(pool: PgPool) {
     assert_eq!(before.epoch, 2);
 
     let result = f.alice.submit(&f.convo, &stale).await;
-    expect_error(
+    f.assert_refused(
         result,
         commit_group_change::Error::EpochMismatch,
         StatusCode::CONFLICT,
         "a commit for epoch 1 at epoch 2",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
 
     // As the lexicon prescribes: discard, read the log, commit again.
     f.alice.discard(&f.convo);
@@ -302,13 +306,14 @@ async fn an_application_message_for_another_group_is_invalid_ciphertext(pool: Pg
     assert_eq!(foreign.epoch, before.epoch, "same epoch, other group");
     foreign.convo_id = f.convo.clone();
     let result = f.alice.client.send_message(&foreign).await;
-    expect_error(
+    f.assert_refused(
         result,
         send_message::Error::InvalidCiphertext,
         StatusCode::BAD_REQUEST,
         "a PrivateMessage of another group",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
     f.assert_still_works().await;
 }
 
@@ -334,13 +339,14 @@ async fn anything_but_an_application_message_is_invalid_ciphertext(pool: PgPool)
             ..message.clone()
         };
         let result = f.alice.client.send_message(&input).await;
-        expect_error(
+        f.assert_refused(
             result,
             send_message::Error::InvalidCiphertext,
             StatusCode::BAD_REQUEST,
             what,
-        );
-        assert_eq!(f.snapshot().await, before, "after {what}");
+            &before,
+        )
+        .await;
     }
 
     // A real message that is longer than the paddedSize it claims.
@@ -349,13 +355,14 @@ async fn anything_but_an_application_message_is_invalid_ciphertext(pool: PgPool)
         ..message.clone()
     };
     let result = f.alice.client.send_message(&too_long).await;
-    expect_error(
+    f.assert_refused(
         result,
         send_message::Error::InvalidCiphertext,
         StatusCode::BAD_REQUEST,
         "a ciphertext longer than paddedSize",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
 
     // The same message, under the same msgId, honestly sized: accepted.
     let seq = f.alice.client.send_message(&message).await.unwrap().seq;
@@ -374,24 +381,26 @@ async fn an_application_message_for_a_past_epoch_is_rejected(pool: PgPool) {
     assert_eq!(before.epoch, 2);
 
     let result = f.alice.client.send_message(&old).await;
-    expect_error(
+    f.assert_refused(
         result,
         send_message::Error::EpochMismatch,
         StatusCode::CONFLICT,
         "a message of epoch 1 at epoch 2",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
 
     // The current epoch in the field, but the ciphertext says epoch 1.
     let relabelled = send_message::Input { epoch: 2, ..old };
     let result = f.alice.client.send_message(&relabelled).await;
-    expect_error(
+    f.assert_refused(
         result,
         send_message::Error::InvalidCiphertext,
         StatusCode::BAD_REQUEST,
         "epoch 2 claimed for a PrivateMessage of epoch 1",
-    );
-    assert_eq!(f.snapshot().await, before);
+        &before,
+    )
+    .await;
 
     // Alice reads the log and sends again, in the new epoch.
     assert_eq!(f.alice.sync(&f.convo).await, Vec::<String>::new());
@@ -458,6 +467,28 @@ impl Fixture {
         self.alice.add(&other, &self.bob_user.did).await;
         assert_eq!(self.alice.epoch(&other), 1);
         other
+    }
+
+    /// Asserts that `result` is the declared error `expected` with
+    /// `status`, and that the conversation is as it was (`before`).
+    async fn assert_refused<T: Debug, E: DeclaredError + PartialEq + Debug>(
+        &self,
+        result: Result<T, ClientError<E>>,
+        expected: E,
+        status: StatusCode,
+        what: &str,
+        before: &Snapshot,
+    ) {
+        let error = match result {
+            Ok(output) => panic!("{what}: accepted ({output:?}), expected {status} {expected:?}"),
+            Err(error) => error,
+        };
+        assert_eq!(
+            (error.status(), error.declared()),
+            (Some(status), Some(&expected)),
+            "{what}: got {error}"
+        );
+        assert_eq!(&self.snapshot().await, before, "after {what}");
     }
 
     async fn snapshot(&self) -> Snapshot {
@@ -548,24 +579,6 @@ impl Fixture {
         let last = *seqs.last().unwrap();
         assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "a gapless log");
     }
-}
-
-/// `result` is the declared error `expected` with HTTP `status`.
-fn expect_error<T: Debug, E: DeclaredError + PartialEq + Debug>(
-    result: Result<T, ClientError<E>>,
-    expected: E,
-    status: StatusCode,
-    what: &str,
-) {
-    let error = match result {
-        Ok(output) => panic!("{what}: accepted ({output:?}), expected {status} {expected:?}"),
-        Err(error) => error,
-    };
-    assert_eq!(
-        (error.status(), error.declared()),
-        (Some(status), Some(&expected)),
-        "{what}: got {error}"
-    );
 }
 
 /// `bytes` with the byte at `index` inverted.
