@@ -708,43 +708,30 @@ fn a_self_update_may_not_change_the_did() {
         state,
         ..
     } = two_members();
-    let impostor = CredentialWithKey {
-        credential: BasicCredential::new(b"did:plc:mallory#phone".to_vec()).into(),
-        signature_key: alice.signer.public().into(),
-    };
-    let swap = alice.self_update(
-        &mut alice_group,
-        LeafNodeParameters::builder()
-            .with_credential_with_key(impostor)
-            .build(),
-    );
-    assert_invalid_commit(
-        apply_commit(&state, GROUP, &swap.commit, &swap.group_info, &did("alice")),
-        "may not change its DID",
-    );
-
-    // A credential that is no device at all is refused too.
-    alice_group
-        .clear_pending_commit(alice.provider.storage())
-        .expect("dropping the rejected commit");
-    let nameless = CredentialWithKey {
-        credential: BasicCredential::new(b"alice".to_vec()).into(),
-        signature_key: alice.signer.public().into(),
-    };
-    let swap = alice.self_update(
-        &mut alice_group,
-        LeafNodeParameters::builder()
-            .with_credential_with_key(nameless)
-            .build(),
-    );
-    assert_invalid_commit(
-        apply_commit(&state, GROUP, &swap.commit, &swap.group_info, &did("alice")),
-        "did#device",
-    );
-
-    alice_group
-        .clear_pending_commit(alice.provider.storage())
-        .expect("dropping the rejected commit");
+    // Another user's device, and a credential that is no device at all.
+    let refused: [(&[u8], &str); 2] = [
+        (b"did:plc:mallory#phone", "may not change its DID"),
+        (b"alice", "did#device"),
+    ];
+    for (identity, reason) in refused {
+        let swapped = CredentialWithKey {
+            credential: BasicCredential::new(identity.to_vec()).into(),
+            signature_key: alice.signer.public().into(),
+        };
+        let swap = alice.self_update(
+            &mut alice_group,
+            LeafNodeParameters::builder()
+                .with_credential_with_key(swapped)
+                .build(),
+        );
+        assert_invalid_commit(
+            apply_commit(&state, GROUP, &swap.commit, &swap.group_info, &did("alice")),
+            reason,
+        );
+        alice_group
+            .clear_pending_commit(alice.provider.storage())
+            .expect("dropping the rejected commit");
+    }
     let update = alice.self_update(&mut alice_group, LeafNodeParameters::default());
     apply_commit(
         &state,
