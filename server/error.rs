@@ -11,6 +11,7 @@ use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
 
 use crate::auth::AuthError;
 use crate::groups::engine::EngineError;
+use crate::mls_crypto::UnsupportedSuite;
 
 /// Why a method failed. Each variant that is a lexicon error carries the
 /// message for the caller; [`ServiceError::Database`] and
@@ -117,6 +118,12 @@ impl ServiceError {
     }
 }
 
+impl From<UnsupportedSuite> for ServiceError {
+    fn from(error: UnsupportedSuite) -> Self {
+        Self::UnsupportedCipherSuite(error.to_string())
+    }
+}
+
 impl From<EngineError> for ServiceError {
     /// The MLS engine's refusals, by what was refused. (A wrong-group
     /// application message is mapped where messages are sent.)
@@ -164,30 +171,28 @@ impl From<ServiceError> for XrpcError {
     }
 }
 
-impl From<AuthError> for XrpcError {
-    /// No credentials -> 401 `AuthenticationRequired`; bad credentials ->
-    /// 401 `InvalidToken` with a message naming the problem; our own failure
-    /// -> 500.
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing => XrpcError::authentication_required(error.to_string()),
-            // The cause (a path, a network error) is in the verifier's log.
-            AuthError::UnresolvableDid(_) => {
-                XrpcError::invalid_token("could not resolve the token issuer's DID document")
-            }
-            AuthError::Internal(cause) => XrpcError::internal(&cause),
-            AuthError::Malformed(_)
-            | AuthError::UnsupportedAlgorithm
-            | AuthError::BadSignature
-            | AuthError::WrongAudience
-            | AuthError::Expired
-            | AuthError::NotYetValid
-            | AuthError::IssuedInFuture
-            | AuthError::WrongMethod { .. }
-            | AuthError::Replayed
-            | AuthError::ForbiddenTokenType(_)
-            | AuthError::NoSigningKey => XrpcError::invalid_token(error.to_string()),
+/// An authentication failure as an XRPC error: no credentials -> 401
+/// `AuthenticationRequired`; bad credentials -> 401 `InvalidToken` with a
+/// message naming the problem; our own failure -> 500.
+pub fn auth_error(error: AuthError) -> XrpcError {
+    match error {
+        AuthError::Missing => XrpcError::authentication_required(error.to_string()),
+        // The cause (a path, a network error) is in the verifier's log.
+        AuthError::UnresolvableDid(_) => {
+            XrpcError::invalid_token("could not resolve the token issuer's DID document")
         }
+        AuthError::Internal(cause) => XrpcError::internal(&cause),
+        AuthError::Malformed(_)
+        | AuthError::UnsupportedAlgorithm
+        | AuthError::BadSignature
+        | AuthError::WrongAudience
+        | AuthError::Expired
+        | AuthError::NotYetValid
+        | AuthError::IssuedInFuture
+        | AuthError::WrongMethod { .. }
+        | AuthError::Replayed
+        | AuthError::ForbiddenTokenType(_)
+        | AuthError::NoSigningKey => XrpcError::invalid_token(error.to_string()),
     }
 }
 
@@ -200,28 +205,27 @@ mod tests {
 
     #[test]
     fn auth_errors_become_401s_without_internals() {
-        let missing = XrpcError::from(AuthError::Missing);
+        let missing = auth_error(AuthError::Missing);
         assert_eq!(missing.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(missing.error(), "AuthenticationRequired");
         assert!(missing.headers().contains_key(WWW_AUTHENTICATE));
 
-        let expired = XrpcError::from(AuthError::Expired);
+        let expired = auth_error(AuthError::Expired);
         assert_eq!(expired.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(expired.error(), "InvalidToken");
         assert_eq!(expired.message(), "token expired");
 
-        let wrong = XrpcError::from(AuthError::WrongMethod {
+        let wrong = auth_error(AuthError::WrongMethod {
             expected: "a.b.c".into(),
             got: Some("a.b.d".into()),
         });
         assert_eq!(wrong.message(), "token is for method a.b.d, not a.b.c");
 
-        let unresolvable =
-            XrpcError::from(AuthError::UnresolvableDid("/secret/path: ENOENT".into()));
+        let unresolvable = auth_error(AuthError::UnresolvableDid("/secret/path: ENOENT".into()));
         assert_eq!(unresolvable.error(), "InvalidToken");
         assert!(!unresolvable.message().contains("secret"));
 
-        let internal = XrpcError::from(AuthError::Internal("pool timed out at 10.0.0.1".into()));
+        let internal = auth_error(AuthError::Internal("pool timed out at 10.0.0.1".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!internal.message().contains("10.0.0.1"));
     }

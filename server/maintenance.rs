@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::app::AppState;
 use crate::auth::PgReplayStore;
+use crate::state::AppState;
 use crate::{audit, idempotency, keypackages};
 
 /// One cleanup pass; returns how many rows went, for logs and tests. Idle

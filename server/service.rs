@@ -16,12 +16,11 @@ use catbird_generated::lexicons::blue::catbird::mls::{
     get_messages, get_welcome, leave_convo, process_external_commit, publish_key_package,
     publish_key_packages, remove_member, send_message,
 };
-use catbird_generated::runtime::Datetime;
 use catbird_generated::runtime::xrpc::http::header::AUTHORIZATION;
 use catbird_generated::runtime::xrpc::http::request::Parts;
 use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError, XrpcService};
+use catbird_generated::runtime::{Datetime, Did};
 
-use crate::app::AppState;
 use crate::audit::{self, AuditEvent, AuditKind};
 use crate::auth::{self, AuthError, Caller};
 use crate::convos::commits::{self, CommitMethod};
@@ -29,6 +28,7 @@ use crate::convos::{self, create, listing, log, welcomes};
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::ratelimit::MethodClass;
+use crate::state::AppState;
 use crate::{keypackages, mls_crypto};
 use crate::{rollout, telemetry};
 
@@ -71,7 +71,7 @@ impl XrpcService for Service {
                 if let Some(ip) = client_ip {
                     self.state.limits.charge_failure(class, ip)?;
                 }
-                return Err(error.into());
+                return Err(crate::error::auth_error(error));
             }
         };
         // getKeyPackages is charged per user asked for, by its handler.
@@ -218,7 +218,7 @@ impl mls::Handler for Service {
         caller: Caller,
         input: confirm_welcome::Input,
     ) -> confirm_welcome::Response {
-        let device = DeviceId::of_caller(&input.device_id, &caller.did)?;
+        let device = caller_device(&input.device_id, &caller.did)?;
         let group_id = self.existing_convo(&input.convo_id).await?;
         let state = welcomes::confirm(
             &self.state.db,
@@ -273,7 +273,7 @@ impl mls::Handler for Service {
         caller: Caller,
         params: get_expected_conversations::Params,
     ) -> get_expected_conversations::Response {
-        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
+        let device = caller_device(&params.device_id, &caller.did)?;
         let (conversations, cursor) = listing::expected(
             &self.state.db,
             &caller.did,
@@ -321,8 +321,9 @@ impl mls::Handler for Service {
             .cipher_suite
             .as_deref()
             .map(mls_crypto::requested_cipher_suite)
-            .transpose()?;
-        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
+            .transpose()
+            .map_err(ServiceError::from)?;
+        let device = caller_device(&params.device_id, &caller.did)?;
         let status = keypackages::status(
             &self.state.db,
             &self.state.key_packages,
@@ -348,7 +349,8 @@ impl mls::Handler for Service {
         let asked = u32::try_from(params.dids.len()).unwrap_or(u32::MAX);
         let (class, did) = (MethodClass::KeyPackageFetch, caller.did.as_str());
         self.state.limits.check_caller(class, did, asked)?;
-        let suite = mls_crypto::requested_cipher_suite(&params.cipher_suite)?;
+        let suite =
+            mls_crypto::requested_cipher_suite(&params.cipher_suite).map_err(ServiceError::from)?;
         // With a conversation: only for its members, and skipping devices
         // already in it.
         let mut skip = Vec::new();
@@ -396,7 +398,7 @@ impl mls::Handler for Service {
         caller: Caller,
         params: get_welcome::Params,
     ) -> get_welcome::Response {
-        let device = DeviceId::of_caller(&params.device_id, &caller.did)?;
+        let device = caller_device(&params.device_id, &caller.did)?;
         let group_id = self.existing_convo(&params.convo_id).await?;
         let fetched = welcomes::fetch(
             &self.state.db,
@@ -535,4 +537,17 @@ impl mls::Handler for Service {
             epoch: sent.epoch,
         })
     }
+}
+
+/// A `deviceId` parameter: it must be a device of the caller's own DID.
+pub fn caller_device(identity: &str, caller: &Did) -> Result<DeviceId, ServiceError> {
+    let device =
+        DeviceId::parse(identity).map_err(|e| ServiceError::InvalidDevice(e.to_string()))?;
+    if device.did() != caller {
+        return Err(ServiceError::InvalidDevice(format!(
+            "{identity} is not a device of the caller {}",
+            caller.as_str()
+        )));
+    }
+    Ok(device)
 }

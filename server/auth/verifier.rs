@@ -16,9 +16,10 @@ use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
 
 use super::AuthError;
-use super::did::{DidDocument, DidResolver};
-use super::jwt::{self, Claims, UnverifiedToken};
 use super::replay::ReplayStore;
+use super::resolver::DidResolver;
+use catbird_mls_core::auth::DidDocument;
+use catbird_mls_core::auth::jwt::{self, Claims, UnverifiedToken};
 
 /// How far our clock and the issuer's may disagree.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);

@@ -3,7 +3,6 @@
 //! out once, except a device's last-resort one, which stands in while the
 //! device has nothing else.
 
-mod local;
 mod store;
 mod validate;
 
@@ -20,7 +19,6 @@ use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto as mls;
 
-pub use local::throwaway_key_package;
 pub use store::delete_expired_unused;
 pub use validate::{ValidKeyPackage, validate};
 
@@ -208,7 +206,7 @@ pub struct Status {
 }
 
 /// How many KeyPackages a device has left (the caller's own: see
-/// [`DeviceId::of_caller`]).
+/// [`crate::service::caller_device`]).
 pub async fn status(
     db: &PgPool,
     limits: &KeyPackageLimits,

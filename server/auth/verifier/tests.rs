@@ -8,25 +8,27 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use catbird_generated::runtime::Did;
 
 use super::*;
-use crate::auth::did::DirectoryResolver;
-use crate::auth::jwt::{Claims, Header, sign, sign_with_header};
-use crate::auth::keys::{Algorithm, PrivateKey};
-use crate::auth::local::{LocalIdentity, create_identity, mint_token};
+use catbird_mls_client::identity::{LocalIdentity, create_identity, mint_token};
+use catbird_mls_core::auth::did::file_name;
+use catbird_mls_core::auth::jwt::{Claims, Header, sign, sign_with_header};
+use catbird_mls_core::auth::keys::{Algorithm, PrivateKey};
+use tempfile::TempDir;
+
 use crate::auth::replay::MemoryReplayStore;
-use crate::auth::testdir::TestDir;
+use crate::auth::resolver::DirectoryResolver;
 
 const NSID: &str = "blue.catbird.mls.getConvos";
 const SERVICE: &str = "did:web:mls.catbird.test";
 
 struct Fixture {
-    _dir: TestDir,
+    _dir: TempDir,
     verifier: Verifier<DirectoryResolver, MemoryReplayStore>,
     alice: LocalIdentity,
     bob: LocalIdentity,
 }
 
 fn fixture() -> Fixture {
-    let dir = TestDir::new("verifier");
+    let dir = tempfile::tempdir().unwrap();
     let alice = create_identity(dir.path(), "alice", Algorithm::Es256k).unwrap();
     let bob = create_identity(dir.path(), "bob", Algorithm::Es256).unwrap();
     let verifier = Verifier::new(
@@ -359,10 +361,10 @@ impl crate::auth::DidResolver for RotatedResolver {
 
 #[tokio::test]
 async fn picks_up_a_rotated_key() {
-    let dir = TestDir::new("rotation");
+    let dir = tempfile::tempdir().unwrap();
     let alice = create_identity(dir.path(), "alice", Algorithm::Es256k).unwrap();
     let read = |did: &Did| {
-        let path = dir.path().join(crate::auth::did::file_name(did));
+        let path = dir.path().join(file_name(did));
         serde_json::from_slice::<crate::auth::DidDocument>(&std::fs::read(path).unwrap()).unwrap()
     };
     let stale = read(&alice.did);

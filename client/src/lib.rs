@@ -1,0 +1,32 @@
+//! The Rust SDK of the catbird-mls delivery service: a real OpenMLS client
+//! over the generated XRPC client.
+//!
+//! - [`Device`] is one device of a user: its own signature key, its own
+//!   OpenMLS state (behind OpenMLS's storage trait, in memory by default),
+//!   and a generated [`Client`](catbird_generated::lexicons::blue::catbird::mls::Client)
+//!   acting as its user. Its operations follow the protocol as an app
+//!   would: commits are applied locally only once the service accepted
+//!   them, the log is read in seq order, a lost device rejoins by external
+//!   commit, KeyPackages are replenished when the service advises it.
+//! - [`Installation`] is the synchronous OpenMLS layer under a device (key,
+//!   state, groups, commits, joins), for apps that drive the protocol
+//!   themselves and for tests that build what a device never sends.
+//! - [`identity`] makes local identities (a key and a DID document on disk)
+//!   and mints service-auth tokens; [`keypackage`] makes throwaway
+//!   KeyPackages; [`story`] is the demo conversation.
+//!
+//! The `catbird-mls-client` binary puts these behind a small CLI.
+
+mod device;
+mod error;
+pub mod identity;
+mod installation;
+pub mod keypackage;
+pub mod mls;
+pub mod story;
+
+pub use device::{Change, Device, LocalMember, Received};
+pub use error::DeviceError;
+pub use identity::{LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token};
+pub use installation::{Installation, Provider, StagedMessages, staged_messages, to_bytes};
+pub use mls::SUITE;

@@ -1,0 +1,20 @@
+//! What the catbird-mls delivery service and its clients share, with no
+//! database, no network and nothing async in it:
+//!
+//! - [`device`]: `did#device` identities, the MLS credential of every leaf;
+//! - [`mls_crypto`]: the OpenMLS crypto provider, the supported cipher
+//!   suites by lexicon name, hex ids;
+//! - [`groups`]: the engine that follows a group's public state with
+//!   OpenMLS `PublicGroup` and applies the service's commit policy;
+//! - [`auth`]: service-auth keys (ES256K, ES256), the JWT form and DID
+//!   documents.
+//!
+//! The service (crate `catbird-mls`) wraps these with storage and HTTP;
+//! the client SDK (crate `catbird-mls-client`) with OpenMLS member state.
+
+pub mod auth;
+pub mod device;
+pub mod groups;
+pub mod mls_crypto;
+
+pub use catbird_generated as generated;

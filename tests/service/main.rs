@@ -1,0 +1,22 @@
+//! The service's integration tests, one binary: a real server per test on a
+//! loopback port, over its own PostgreSQL database (`#[sqlx::test]` on the
+//! cluster of `scripts/pg-start`), driven by the client SDK
+//! (`catbird-mls-client`) and plain HTTP. One module per area; `common` is
+//! the harness.
+
+mod common;
+
+mod audit_and_rollout;
+mod auth;
+mod bad_input;
+mod concurrency;
+mod engine;
+mod idempotency;
+mod key_package_use;
+mod keypackages;
+mod layers;
+mod lifecycle;
+mod operations;
+mod rate_limits;
+mod rejoin;
+mod welcomes;
