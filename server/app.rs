@@ -1,6 +1,8 @@
 //! The HTTP application: operations endpoints plus the XRPC routers of the
-//! generated traits, behind the request telemetry.
+//! generated traits, behind the request telemetry; and [`serve`], which
+//! starts it the way an operator meets it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +16,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use sqlx::PgPool;
 
-use catbird_generated::runtime::Did;
-
 use crate::auth::did::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
-use crate::config::{ConfigError, DidResolution, ServeConfig};
+use crate::config::{self, CheckedConfig, ConfigError, DidSource, ServeConfig};
 use crate::convos::ConvoSettings;
+use crate::db::{self, ConnectError, MigrateError};
 use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::RateLimits;
 use crate::service::Service;
-use crate::telemetry;
+use crate::{maintenance, telemetry};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -39,33 +40,151 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state `serve` runs with: the pool, and a verifier that resolves
-    /// DIDs as configured and remembers token ids in PostgreSQL.
+    /// The state `serve` runs with, after checking `config`.
     pub fn new(config: &ServeConfig, db: PgPool) -> Result<Self, ConfigError> {
-        let key_packages = config.key_package_limits()?;
-        let service_did = Did::new(config.service_did.as_str())
-            .map_err(|e| ConfigError(format!("--service-did: {e}")))?;
-        let resolver = match config.did_resolution {
-            DidResolution::Directory => {
-                Resolver::Directory(DirectoryResolver::new(&config.did_directory))
-            }
-            DidResolution::Network => {
-                let resolver = NetworkResolver::new(config.plc_url.as_str(), DEFAULT_CACHE_TTL)
-                    .map_err(|e| ConfigError(format!("--plc-url: {e}")))?;
-                Resolver::Network(resolver)
-            }
-        };
-        let verifier = Verifier::new(service_did, resolver, PgReplayStore::new(db.clone()));
+        Self::from_checked(&config.check()?, db)
+    }
+
+    /// The state of a checked configuration: the pool, and a verifier that
+    /// resolves DIDs as configured and remembers token ids in PostgreSQL.
+    pub fn from_checked(checked: &CheckedConfig, db: PgPool) -> Result<Self, ConfigError> {
+        let config = &checked.config;
+        let resolver =
+            match &checked.did_source {
+                DidSource::Directory(directory) => {
+                    Resolver::Directory(DirectoryResolver::new(directory))
+                }
+                DidSource::Network { plc_url } => {
+                    let resolver = NetworkResolver::new(plc_url.as_str(), DEFAULT_CACHE_TTL)
+                        .map_err(|e| ConfigError::Invalid {
+                            setting: config::PLC_URL,
+                            problem: e.to_string(),
+                        })?;
+                    Resolver::Network(resolver)
+                }
+            };
+        let verifier = Verifier::new(
+            checked.service_did.clone(),
+            resolver,
+            PgReplayStore::new(db.clone()),
+        );
         Ok(Self {
             db: db.clone(),
             verifier,
             metrics: telemetry::metrics_handle(),
-            key_packages,
+            key_packages: checked.key_packages,
             convos: config.convo_settings(),
-            limits: RateLimits::new(&config.rate_limit_settings()?),
+            limits: RateLimits::new(&checked.rate_limits),
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),
         })
+    }
+}
+
+/// Why `serve` stopped, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot listen on {address} (--bind): {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("serving on {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shutdown grace period ({} s) ended with requests still in flight", .0.as_secs())]
+    GraceExpired(Duration),
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, in the order an operator's
+/// mistakes should surface: the configuration is checked (nothing
+/// connects before that), the database connected, the address bound, and
+/// only then are migrations applied and requests served. Each step is
+/// logged.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let checked = config.check()?;
+    tracing::info!(
+        "configuration checked: profile {}, service DID {}, DID documents from {}",
+        config.profile,
+        checked.service_did,
+        checked.did_source
+    );
+
+    tracing::info!("connecting to the database at {}", checked.database);
+    let pool = db::connect(&checked.database, config.db_max_connections).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.bind,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| ServeError::Bind {
+        address: config.bind,
+        source,
+    })?;
+
+    tracing::info!("connected; applying migrations");
+    let migrations = db::migrate(&pool, &checked.database).await?;
+    tracing::info!("migrations applied: the database schema is current ({migrations} migrations)");
+
+    let state = Arc::new(AppState::from_checked(&checked, pool)?);
+    let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
+    tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
+    let app = router(state, config.max_body_bytes)
+        // The peer address, for per-address rate limits and the audit log.
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(version = crate::VERSION, "serving at http://{address}");
+
+    // On SIGTERM stop accepting, let in-flight requests finish, but not for
+    // longer than the grace period.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            stopping.notify_one();
+        }
+    });
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    tokio::select! {
+        result = server => result.map_err(|source| ServeError::Serve { address, source })?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            // Requests were cut off: say so in the exit status too.
+            return Err(ServeError::GraceExpired(grace));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }
 

@@ -1,20 +1,17 @@
 //! `catbird-mls`: the delivery service and its local tooling.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use catbird_generated::lexicons::blue::catbird::mls::publish_key_package;
-use catbird_mls::config::ServeConfig;
+use catbird_mls::config::{self, ConfigError, ServeConfig};
 use catbird_mls::device::DeviceId;
-use catbird_mls::{app, db, demo, keypackages, maintenance, mls_crypto, rollout, telemetry};
+use catbird_mls::{app, db, demo, keypackages, mls_crypto, rollout, telemetry};
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use catbird_generated::runtime::Did;
 use catbird_mls::auth::{self, Algorithm};
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::sync::Notify;
 
 #[derive(Parser)]
 #[command(version, about = "An MLS delivery service for the AT Protocol")]
@@ -25,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run migrations, then serve until SIGTERM or Ctrl-C.
+    /// Check the configuration, connect to the database, bind the address,
+    /// run migrations, then serve until SIGTERM or Ctrl-C.
     Serve(ServeConfig),
     /// Create a local identity: a key and its DID document in the local
     /// DID directory, for trying the service without a PDS. Prints the DID.
@@ -131,7 +129,7 @@ enum KeyAlgorithm {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => return serve(config).await,
         Command::CreateIdentity {
             name,
             algorithm,
@@ -245,7 +243,11 @@ async fn external_commits(
 ) -> Result<(), Box<dyn std::error::Error>> {
     // No migrations here: the servers own the schema, and an operator's
     // tool must not move it ahead of them.
-    let pool = db::connect(database_url, 1).await?;
+    let database = db::DatabaseUrl::parse(database_url).map_err(|e| ConfigError::Invalid {
+        setting: config::DATABASE_URL,
+        problem: e.to_string(),
+    })?;
+    let pool = db::connect(&database, 1).await?;
     let state = if change.is_empty() {
         rollout::load(&pool).await?
     } else {
@@ -260,56 +262,15 @@ fn print_line(text: &str) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-async fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+/// `catbird-mls serve` (see [`app::serve`]); its failure is logged, like
+/// everything the service says.
+async fn serve(config: ServeConfig) -> std::process::ExitCode {
     telemetry::init_logging(config.log_json);
-    let pool = db::connect(&config.database_url, config.db_max_connections).await?;
-    db::migrate(&pool).await?;
-    let state = Arc::new(app::AppState::new(&config, pool)?);
-    let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
-    tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
-    let app = app::router(state, config.max_body_bytes)
-        // The peer address, for per-address rate limits and the audit log.
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let listener = tokio::net::TcpListener::bind(config.bind).await?;
-    tracing::info!(address = %listener.local_addr()?, version = catbird_mls::VERSION, "serving");
-
-    // On SIGTERM stop accepting, let in-flight requests finish, but not for
-    // longer than the grace period.
-    let stopping = Arc::new(Notify::new());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
-        let stopping = stopping.clone();
-        async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: draining in-flight requests");
-            stopping.notify_one();
+    match app::serve(config).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            std::process::ExitCode::FAILURE
         }
-    });
-    let grace = Duration::from_secs(config.shutdown_grace_seconds);
-    tokio::select! {
-        result = server => result?,
-        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            // Requests were cut off: say so in the exit status too.
-            return Err("shutdown grace period over with requests still in flight".into());
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }
