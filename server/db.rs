@@ -13,11 +13,18 @@ use crate::error::ServiceError;
 /// How long the first connection may take before startup gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A parsed `postgres://` (or `postgresql://`) URL. Displayed without its
-/// password: `HOST:PORT` (or the socket directory), database and user.
-#[derive(Debug, Clone)]
+/// A parsed `postgres://` (or `postgresql://`) URL. Displayed (and
+/// debug-printed) without its password: `HOST:PORT` (or the socket
+/// directory), database and user.
+#[derive(Clone)]
 pub struct DatabaseUrl {
     options: PgConnectOptions,
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
 }
 
 /// A database URL that cannot be used. Never repeats the URL, which may
