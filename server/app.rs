@@ -1,7 +1,10 @@
 //! The HTTP application: operations endpoints plus the XRPC routers of the
-//! generated traits, behind the request telemetry.
+//! generated traits, behind the request telemetry; and [`serve`], which
+//! starts it the way an operator meets it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -11,9 +14,118 @@ use axum::{Json, Router};
 use catbird_generated::runtime::xrpc;
 use serde_json::json;
 
+use crate::config::{ConfigError, ServeConfig};
+use crate::db::{self, ConnectError, MigrateError};
 use crate::service::Service;
 use crate::state::AppState;
-use crate::telemetry;
+use crate::{maintenance, telemetry};
+
+/// Why `serve` stopped, naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("cannot listen on {address} (--bind): {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Migrate(#[from] MigrateError),
+    #[error("serving on {address}: {source}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shutdown grace period ({} s) ended with requests still in flight", .0.as_secs())]
+    GraceExpired(Duration),
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, in the order an operator's
+/// mistakes should surface: the configuration is checked (nothing
+/// connects before that), the database connected, the address bound, and
+/// only then are migrations applied and requests served. Each step is
+/// logged.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let checked = config.check()?;
+    tracing::info!(
+        "configuration checked: profile {}, service DID {}, DID documents from {}",
+        config.profile,
+        checked.service_did,
+        checked.did_source
+    );
+
+    tracing::info!("connecting to the database at {}", checked.database);
+    let pool = db::connect(&checked.database, config.db_max_connections).await?;
+
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.bind,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(|source| ServeError::Bind {
+        address: config.bind,
+        source,
+    })?;
+
+    tracing::info!("connected; applying migrations");
+    let migrations = db::migrate(&pool, &checked.database).await?;
+    tracing::info!("migrations applied: the database schema is current ({migrations} migrations)");
+
+    let state = Arc::new(AppState::from_checked(&checked, pool)?);
+    let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
+    tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
+    let app = router(state, config.max_body_bytes)
+        // The peer address, for per-address rate limits and the audit log.
+        .into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(version = crate::VERSION, "serving at http://{address}");
+
+    // On SIGTERM stop accepting, let in-flight requests finish, but not for
+    // longer than the grace period.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining in-flight requests");
+            stopping.notify_one();
+        }
+    });
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    tokio::select! {
+        result = server => result.map_err(|source| ServeError::Serve { address, source })?,
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            // Requests were cut off: say so in the exit status too.
+            return Err(ServeError::GraceExpired(grace));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
 
 /// The whole HTTP surface of the service.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {

@@ -1,24 +1,118 @@
-//! Configuration from flags and environment. Every setting has a flag, an
-//! environment variable and, where one is sensible, a default for local runs.
+//! Configuration from flags and environment. Every setting has a flag and an
+//! environment variable. What is not given comes from the `--profile`:
+//! `production` (the default) supplies only what is safe anywhere and
+//! demands the rest (the service DID); `local` supplies the settings of a
+//! local run (`did:web:localhost`, DID documents from `target/local/dids`).
+//! [`ServeConfig::check`] checks every setting before anything connects.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::http::HeaderName;
 use clap::{Args, ValueEnum};
 
 use crate::convos::ConvoSettings;
+use crate::db::DatabaseUrl;
 use crate::idempotency::IdempotencySettings;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::{ClassLimits, RateLimitSettings};
 
-/// A setting that cannot work, named by its flag.
+/// A setting as the operator gives it: its flag and its environment
+/// variable, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub flag: &'static str,
+    pub env: &'static str,
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.flag, self.env)
+    }
+}
+
+macro_rules! settings {
+    ($($name:ident = $flag:literal, $env:literal;)*) => {
+        $(
+            #[doc = concat!("`", $flag, "` / `", $env, "`.")]
+            pub const $name: Setting = Setting { flag: $flag, env: $env };
+        )*
+    };
+}
+
+settings! {
+    PROFILE = "--profile", "CATBIRD_PROFILE";
+    DATABASE_URL = "--database-url", "DATABASE_URL";
+    DB_MAX_CONNECTIONS = "--db-max-connections", "CATBIRD_DB_MAX_CONNECTIONS";
+    SERVICE_DID = "--service-did", "CATBIRD_SERVICE_DID";
+    DID_RESOLUTION = "--did-resolution", "CATBIRD_DID_RESOLUTION";
+    DID_DIRECTORY = "--did-directory", "CATBIRD_DID_DIRECTORY";
+    PLC_URL = "--plc-url", "CATBIRD_PLC_URL";
+    KEY_PACKAGE_TARGET = "--key-package-target", "CATBIRD_KEY_PACKAGE_TARGET";
+    KEY_PACKAGE_LOW_WATER = "--key-package-low-water", "CATBIRD_KEY_PACKAGE_LOW_WATER";
+    KEY_PACKAGE_MAX_PER_DEVICE = "--key-package-max-per-device", "CATBIRD_KEY_PACKAGE_MAX_PER_DEVICE";
+    CLIENT_IP_HEADER = "--client-ip-header", "CATBIRD_CLIENT_IP_HEADER";
+}
+
+/// A setting that cannot work, named by its flag and environment variable.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(pub String);
+pub enum ConfigError {
+    /// A setting the chosen profile does not supply was not given.
+    #[error("{setting} is required: {why}")]
+    Missing { setting: Setting, why: &'static str },
+    /// A setting's value cannot work.
+    #[error("{setting}: {problem}")]
+    Invalid { setting: Setting, problem: String },
+    /// Two settings contradict each other.
+    #[error("{setting} contradicts {other}: {why}")]
+    Conflict {
+        setting: Setting,
+        other: Setting,
+        why: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(setting: Setting, problem: impl fmt::Display) -> Self {
+        Self::Invalid {
+            setting,
+            problem: problem.to_string(),
+        }
+    }
+}
+
+/// Which defaults fill in what is not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Profile {
+    /// A deployment: the service DID must be given, DIDs are resolved over
+    /// the network unless `--did-resolution`/`--did-directory` say otherwise.
+    Production,
+    /// A local run (`scripts/serve`): service DID `did:web:localhost`, DID
+    /// documents from the directory `target/local/dids`.
+    Local,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Production => "production",
+            Self::Local => "local",
+        })
+    }
+}
+
+impl Profile {
+    /// The service DID of a local run.
+    pub const LOCAL_SERVICE_DID: &'static str = catbird_mls_core::LOCAL_SERVICE_DID;
+    /// The DID document directory of a local run (relative to the working
+    /// directory).
+    pub const LOCAL_DID_DIRECTORY: &'static str = "target/local/dids";
+}
 
 /// How DID documents are found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -29,36 +123,70 @@ pub enum DidResolution {
     Directory,
 }
 
+/// Where DID documents come from, as checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DidSource {
+    /// An existing directory of DID documents.
+    Directory(PathBuf),
+    /// The network: did:plc through this PLC directory, did:web over HTTPS.
+    Network { plc_url: String },
+}
+
+impl fmt::Display for DidSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Directory(path) => write!(f, "the directory {}", path.display()),
+            Self::Network { plc_url } => write!(f, "the network (PLC directory {plc_url})"),
+        }
+    }
+}
+
+/// A [`ServeConfig`] whose settings were checked, with the defaults of its
+/// profile filled in.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    pub config: ServeConfig,
+    pub database: DatabaseUrl,
+    pub service_did: Did,
+    pub did_source: DidSource,
+    pub key_packages: KeyPackageLimits,
+    pub rate_limits: RateLimitSettings,
+}
+
 /// Settings of `catbird-mls serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
+    /// Which defaults apply: `production` demands the service DID and
+    /// resolves DIDs over the network; `local` runs as `scripts/serve` does
+    /// (`did:web:localhost`, DID documents from `target/local/dids`).
+    #[arg(
+        long,
+        env = "CATBIRD_PROFILE",
+        value_enum,
+        default_value = "production"
+    )]
+    pub profile: Profile,
     /// Address to listen on.
     #[arg(long, env = "CATBIRD_BIND", default_value = "127.0.0.1:2583")]
     pub bind: SocketAddr,
-    /// PostgreSQL connection URL.
+    /// PostgreSQL connection URL, `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Maximum connections in the database pool.
     #[arg(long, env = "CATBIRD_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
-    /// This service's DID: the `aud` every service-auth token must carry.
-    #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = "did:web:localhost")]
-    pub service_did: String,
-    /// Where DID documents come from.
-    #[arg(
-        long,
-        env = "CATBIRD_DID_RESOLUTION",
-        value_enum,
-        default_value = "directory"
-    )]
-    pub did_resolution: DidResolution,
-    /// The DID document directory (with `--did-resolution directory`).
-    #[arg(
-        long,
-        env = "CATBIRD_DID_DIRECTORY",
-        default_value = "target/local/dids"
-    )]
-    pub did_directory: PathBuf,
+    /// This service's DID: the `aud` every service-auth token must carry
+    /// (required, except with `--profile local`: `did:web:localhost`).
+    #[arg(long, env = "CATBIRD_SERVICE_DID")]
+    pub service_did: Option<String>,
+    /// Where DID documents come from [default: `directory` when
+    /// `--did-directory` is given or with `--profile local`, else `network`].
+    #[arg(long, env = "CATBIRD_DID_RESOLUTION", value_enum)]
+    pub did_resolution: Option<DidResolution>,
+    /// The DID document directory, which must exist (with `--did-resolution
+    /// directory`; `--profile local`: `target/local/dids`).
+    #[arg(long, env = "CATBIRD_DID_DIRECTORY")]
+    pub did_directory: Option<PathBuf>,
     /// PLC directory base URL (with `--did-resolution network`).
     #[arg(long, env = "CATBIRD_PLC_URL", default_value = "https://plc.directory")]
     pub plc_url: String,
@@ -151,6 +279,96 @@ pub struct ServeConfig {
 }
 
 impl ServeConfig {
+    /// Checks every setting and fills in the profile's defaults. Nothing
+    /// here touches the network or the database: a configuration error is
+    /// reported before anything connects.
+    pub fn check(&self) -> Result<CheckedConfig, ConfigError> {
+        let database = DatabaseUrl::parse(&self.database_url)
+            .map_err(|e| ConfigError::invalid(DATABASE_URL, e))?;
+        if self.db_max_connections == 0 {
+            return Err(ConfigError::invalid(
+                DB_MAX_CONNECTIONS,
+                "must be at least 1",
+            ));
+        }
+        Ok(CheckedConfig {
+            database,
+            service_did: self.service_did()?,
+            did_source: self.did_source()?,
+            key_packages: self.key_package_limits()?,
+            rate_limits: self.rate_limit_settings()?,
+            config: self.clone(),
+        })
+    }
+
+    /// `--service-did`, which only a local run may leave out.
+    fn service_did(&self) -> Result<Did, ConfigError> {
+        let did = match (&self.service_did, self.profile) {
+            (Some(did), _) => did.as_str(),
+            (None, Profile::Local) => Profile::LOCAL_SERVICE_DID,
+            (None, Profile::Production) => {
+                return Err(ConfigError::Missing {
+                    setting: SERVICE_DID,
+                    why: "the DID PDSes put in the `aud` of service-auth tokens for this \
+                          service, e.g. did:web:mls.example.com (a local run: --profile local)",
+                });
+            }
+        };
+        Did::new(did).map_err(|e| ConfigError::invalid(SERVICE_DID, e))
+    }
+
+    /// Where DID documents come from: `--did-resolution`, else a directory
+    /// when `--did-directory` is given, else the profile's choice.
+    fn did_source(&self) -> Result<DidSource, ConfigError> {
+        let resolution = self.did_resolution.unwrap_or(
+            if self.did_directory.is_some() || self.profile == Profile::Local {
+                DidResolution::Directory
+            } else {
+                DidResolution::Network
+            },
+        );
+        match resolution {
+            DidResolution::Network => {
+                if let Some(directory) = &self.did_directory {
+                    return Err(ConfigError::Conflict {
+                        setting: DID_DIRECTORY,
+                        other: DID_RESOLUTION,
+                        why: format!(
+                            "{} is given, but DIDs are resolved over the network \
+                             ({} network), which reads no directory",
+                            directory.display(),
+                            DID_RESOLUTION.flag
+                        ),
+                    });
+                }
+                let plc_url = self.plc_url.trim_end_matches('/');
+                if !(plc_url.starts_with("https://") || plc_url.starts_with("http://")) {
+                    return Err(ConfigError::invalid(
+                        PLC_URL,
+                        format!("{plc_url:?} is not an https:// or http:// URL"),
+                    ));
+                }
+                Ok(DidSource::Network {
+                    plc_url: plc_url.to_owned(),
+                })
+            }
+            DidResolution::Directory => {
+                let directory = match (&self.did_directory, self.profile) {
+                    (Some(directory), _) => directory.clone(),
+                    (None, Profile::Local) => PathBuf::from(Profile::LOCAL_DID_DIRECTORY),
+                    (None, Profile::Production) => {
+                        return Err(ConfigError::Missing {
+                            setting: DID_DIRECTORY,
+                            why: "--did-resolution directory reads DID documents from it",
+                        });
+                    }
+                };
+                check_directory(&directory)?;
+                Ok(DidSource::Directory(directory))
+            }
+        }
+    }
+
     /// The idempotency settings.
     pub fn idempotency_settings(&self) -> IdempotencySettings {
         IdempotencySettings {
@@ -166,7 +384,7 @@ impl ServeConfig {
             .as_deref()
             .map(|name| HeaderName::from_bytes(name.as_bytes()))
             .transpose()
-            .map_err(|e| ConfigError(format!("--client-ip-header: {e}")))?;
+            .map_err(|e| ConfigError::invalid(CLIENT_IP_HEADER, e))?;
         Ok(RateLimitSettings {
             per_caller: ClassLimits {
                 read: NonZeroU32::new(self.rate_limit_read),
@@ -198,16 +416,26 @@ impl ServeConfig {
     /// The KeyPackage limits, checked against each other.
     pub fn key_package_limits(&self) -> Result<KeyPackageLimits, ConfigError> {
         if self.key_package_max_per_device < self.key_package_target.saturating_mul(2) {
-            return Err(ConfigError(format!(
-                "--key-package-max-per-device ({}) must be at least twice --key-package-target ({})",
-                self.key_package_max_per_device, self.key_package_target
-            )));
+            return Err(ConfigError::Conflict {
+                setting: KEY_PACKAGE_MAX_PER_DEVICE,
+                other: KEY_PACKAGE_TARGET,
+                why: format!(
+                    "{} must be at least twice {} ({})",
+                    self.key_package_max_per_device,
+                    KEY_PACKAGE_TARGET.flag,
+                    self.key_package_target
+                ),
+            });
         }
         if self.key_package_low_water > self.key_package_target {
-            return Err(ConfigError(format!(
-                "--key-package-low-water ({}) must not exceed --key-package-target ({})",
-                self.key_package_low_water, self.key_package_target
-            )));
+            return Err(ConfigError::Conflict {
+                setting: KEY_PACKAGE_LOW_WATER,
+                other: KEY_PACKAGE_TARGET,
+                why: format!(
+                    "{} must not exceed {} ({})",
+                    self.key_package_low_water, KEY_PACKAGE_TARGET.flag, self.key_package_target
+                ),
+            });
         }
         Ok(KeyPackageLimits {
             target_count: self.key_package_target,
@@ -215,4 +443,18 @@ impl ServeConfig {
             max_unused_per_device: self.key_package_max_per_device,
         })
     }
+}
+
+/// The DID document directory must be a directory this process can list.
+fn check_directory(directory: &Path) -> Result<(), ConfigError> {
+    let problem = match std::fs::read_dir(directory) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => "is not a directory".to_owned(),
+        Err(e) => format!("cannot be read: {e}"),
+    };
+    Err(ConfigError::invalid(
+        DID_DIRECTORY,
+        format!("{} {problem}", directory.display()),
+    ))
 }

@@ -1,12 +1,123 @@
 //! The PostgreSQL pool and the embedded migrations.
 
+use std::fmt;
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use catbird_generated::runtime::Did;
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions as _, Connection as _, PgPool};
 
 use crate::error::ServiceError;
-use sqlx::postgres::PgPoolOptions;
+
+/// How long the first connection may take before startup gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A parsed `postgres://` (or `postgresql://`) URL. Displayed (and
+/// debug-printed) without its password: `HOST:PORT` (or the socket
+/// directory), database and user.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    options: PgConnectOptions,
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// A database URL that cannot be used. Never repeats the URL, which may
+/// carry a password.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseUrlError {
+    #[error("not a PostgreSQL URL (expected postgres://USER@HOST:PORT/DATABASE): {0}")]
+    NotPostgres(String),
+}
+
+impl DatabaseUrl {
+    /// Parses `url`, which must be a `postgres://` or `postgresql://` URL.
+    pub fn parse(url: &str) -> Result<Self, DatabaseUrlError> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some(scheme)
+                if scheme.eq_ignore_ascii_case("postgres")
+                    || scheme.eq_ignore_ascii_case("postgresql") => {}
+            Some(scheme) if !scheme.is_empty() && !scheme.contains(['/', '@', ' ']) => {
+                return Err(DatabaseUrlError::NotPostgres(format!(
+                    "the scheme is {scheme:?}"
+                )));
+            }
+            _ => {
+                return Err(DatabaseUrlError::NotPostgres(
+                    "it does not start with postgres://".to_owned(),
+                ));
+            }
+        }
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| DatabaseUrlError::NotPostgres(e.to_string()))?;
+        Ok(Self { options })
+    }
+
+    /// Where the server is: `HOST:PORT`, or the unix socket directory and port.
+    pub fn endpoint(&self) -> String {
+        match self.options.get_socket() {
+            Some(directory) => format!(
+                "unix socket {} port {}",
+                directory.display(),
+                self.options.get_port()
+            ),
+            None => format!("{}:{}", self.options.get_host(), self.options.get_port()),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.endpoint())?;
+        if let Some(database) = self.options.get_database() {
+            write!(f, " (database {database}")?;
+        } else {
+            write!(f, " (default database")?;
+        }
+        write!(f, ", user {})", self.options.get_username())
+    }
+}
+
+/// The database could not be reached or refused us.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the database at {database}: {cause}")]
+pub struct ConnectError {
+    /// Where we tried, without the password.
+    pub database: String,
+    /// Why, e.g. `Connection refused (os error 111)`.
+    pub cause: String,
+}
+
+impl ConnectError {
+    fn new(database: &DatabaseUrl, error: &sqlx::Error) -> Self {
+        let cause = match error {
+            // "error communicating with database: ..." says less than the
+            // operating system's own words.
+            sqlx::Error::Io(io) => io.to_string(),
+            sqlx::Error::Database(db) => db.message().to_owned(),
+            other => other.to_string(),
+        };
+        Self {
+            database: database.to_string(),
+            cause,
+        }
+    }
+}
+
+/// Applying the embedded migrations failed.
+#[derive(Debug, thiserror::Error)]
+#[error("applying the migrations to the database at {database}: {source}")]
+pub struct MigrateError {
+    pub database: String,
+    #[source]
+    pub source: sqlx::migrate::MigrateError,
+}
 
 /// The migrations under `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -14,19 +125,38 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Connects with limits that suit a request-per-connection service: a
 /// bounded pool, a short acquire timeout so overload shows as errors rather
 /// than a pile-up, and recycled idle connections.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
+///
+/// One connection is made first, on its own: the pool would keep retrying
+/// a refused connection until its acquire timeout and then report only that
+/// it timed out, where this reports the cause at once.
+pub async fn connect(database: &DatabaseUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
+    let first = tokio::time::timeout(CONNECT_TIMEOUT, database.options.connect())
+        .await
+        .map_err(|_| ConnectError {
+            database: database.to_string(),
+            cause: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        })?
+        .map_err(|e| ConnectError::new(database, &e))?;
+    // Only a probe: the pool makes its own connections.
+    let _ = first.close().await;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
-        .connect(url)
+        .connect_with(database.options.clone())
         .await
+        .map_err(|e| ConnectError::new(database, &e))
 }
 
-/// Applies every pending migration.
-pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+/// Applies every pending migration; returns how many the binary embeds
+/// (all of them are applied afterwards).
+pub async fn migrate(pool: &PgPool, database: &DatabaseUrl) -> Result<usize, MigrateError> {
+    MIGRATOR.run(pool).await.map_err(|source| MigrateError {
+        database: database.to_string(),
+        source,
+    })?;
+    Ok(MIGRATOR.iter().count())
 }
 
 /// A DID read back from a table: validated on the way in, so a failure here

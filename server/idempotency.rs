@@ -1,7 +1,7 @@
-//! Idempotent writes (DESIGN.md "Idempotency"), for every method whose
-//! lexicon input declares `idempotencyKey`, in one place: the runtime's
-//! intercept hook, which sees each procedure call after authentication with
-//! the body as sent.
+//! Idempotent writes (README, "Retries, rate limits, ..."), for every
+//! method whose lexicon input declares `idempotencyKey`, in one place: the
+//! runtime's intercept hook, which sees each procedure call after
+//! authentication with the body as sent.
 //!
 //! A request with a key claims `(caller, method, key)` by inserting an
 //! `in_progress` row. The claimant runs the handler and stores the response

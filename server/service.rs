@@ -42,7 +42,7 @@ impl XrpcService for Service {
     type Caller = Caller;
 
     /// An address over its failed-authentication budget is refused first;
-    /// then service auth (DESIGN.md "Auth") bound to the route's NSID; a
+    /// then service auth ([`crate::auth`]) bound to the route's NSID; a
     /// failure is audited and charged to the address, a success to the
     /// caller's budget, so a token that does not verify never spends its
     /// claimed issuer's budget.

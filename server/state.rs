@@ -3,13 +3,12 @@
 
 use std::time::Duration;
 
-use catbird_generated::runtime::Did;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 use crate::auth::resolver::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
-use crate::config::{ConfigError, DidResolution, ServeConfig};
+use crate::config::{self, CheckedConfig, ConfigError, DidSource, ServeConfig};
 use crate::convos::ConvoSettings;
 use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
@@ -29,30 +28,41 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// The state `serve` runs with: the pool, and a verifier that resolves
-    /// DIDs as configured and remembers token ids in PostgreSQL.
+    /// The state `serve` runs with, after checking `config`.
     pub fn new(config: &ServeConfig, db: PgPool) -> Result<Self, ConfigError> {
-        let key_packages = config.key_package_limits()?;
-        let service_did = Did::new(config.service_did.as_str())
-            .map_err(|e| ConfigError(format!("--service-did: {e}")))?;
-        let resolver = match config.did_resolution {
-            DidResolution::Directory => {
-                Resolver::Directory(DirectoryResolver::new(&config.did_directory))
-            }
-            DidResolution::Network => {
-                let resolver = NetworkResolver::new(config.plc_url.as_str(), DEFAULT_CACHE_TTL)
-                    .map_err(|e| ConfigError(format!("--plc-url: {e}")))?;
-                Resolver::Network(resolver)
-            }
-        };
-        let verifier = Verifier::new(service_did, resolver, PgReplayStore::new(db.clone()));
+        Self::from_checked(&config.check()?, db)
+    }
+
+    /// The state of a checked configuration: the pool, and a verifier that
+    /// resolves DIDs as configured and remembers token ids in PostgreSQL.
+    pub fn from_checked(checked: &CheckedConfig, db: PgPool) -> Result<Self, ConfigError> {
+        let config = &checked.config;
+        let resolver =
+            match &checked.did_source {
+                DidSource::Directory(directory) => {
+                    Resolver::Directory(DirectoryResolver::new(directory))
+                }
+                DidSource::Network { plc_url } => {
+                    let resolver = NetworkResolver::new(plc_url.as_str(), DEFAULT_CACHE_TTL)
+                        .map_err(|e| ConfigError::Invalid {
+                            setting: config::PLC_URL,
+                            problem: e.to_string(),
+                        })?;
+                    Resolver::Network(resolver)
+                }
+            };
+        let verifier = Verifier::new(
+            checked.service_did.clone(),
+            resolver,
+            PgReplayStore::new(db.clone()),
+        );
         Ok(Self {
             db: db.clone(),
             verifier,
             metrics: telemetry::metrics_handle(),
-            key_packages,
+            key_packages: checked.key_packages,
             convos: config.convo_settings(),
-            limits: RateLimits::new(&config.rate_limit_settings()?),
+            limits: RateLimits::new(&checked.rate_limits),
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),
         })

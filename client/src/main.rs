@@ -38,7 +38,7 @@ struct Directory {
 #[derive(Args)]
 struct Audience {
     /// The service DID (the tokens' `aud`).
-    #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = "did:web:localhost")]
+    #[arg(long, env = "CATBIRD_SERVICE_DID", default_value = catbird_mls_core::LOCAL_SERVICE_DID)]
     service_did: String,
 }
 

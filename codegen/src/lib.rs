@@ -3,7 +3,7 @@
 //! The pipeline, one module per stage:
 //! [`load`] (JSON -> [`model`]) -> [`resolve`] (catalog, refs, recursion) ->
 //! [`plan`] (Rust names, modules, collisions) -> [`emit`] (quote -> syn ->
-//! prettyplease) -> [`write`] (deterministic files, `--check`).
+//! prettyplease) -> [`write`](mod@write) (deterministic files, `--check`).
 //!
 //! [`digest`] is the only part the service's build script needs, so it is
 //! the only one compiled without the `cli` feature.

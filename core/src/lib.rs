@@ -18,3 +18,7 @@ pub mod groups;
 pub mod mls_crypto;
 
 pub use catbird_generated as generated;
+
+/// The service DID of local runs (`catbird-mls serve --profile local`), the
+/// audience the client tools mint tokens for by default.
+pub const LOCAL_SERVICE_DID: &str = "did:web:localhost";

@@ -17,6 +17,7 @@ mod keypackages;
 mod layers;
 mod lifecycle;
 mod operations;
+mod operator;
 mod rate_limits;
 mod rejoin;
 mod welcomes;

@@ -1,9 +1,9 @@
 //! Validated newtypes for the lexicon `string` formats.
 //!
-//! A value of one of these types has passed its format's syntax rules (see
-//! [`syntax`] for the rules and where they come from), so a handler that
-//! receives a [`Did`] never re-checks it. Deserialising an invalid string
-//! fails with an error naming the format and the value, e.g.
+//! A value of one of these types has passed its format's syntax rules (the
+//! private module `syntax` has the rules and where they come from), so a
+//! handler that receives a [`Did`] never re-checks it. Deserialising an
+//! invalid string fails with an error naming the format and the value, e.g.
 //! `invalid did "foo": must be did:<method>:<identifier>: ...`.
 //!
 //! The checks are syntax only: a well-formed DID may not resolve, a
