@@ -80,6 +80,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let state = Arc::new(AppState::from_checked(&checked, pool)?);
     let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
     tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
+    state.realtime.spawn_fanout(&state.db);
+    let hub = state.realtime.hub.clone();
     let app = router(state, config.max_body_bytes)
         // The peer address, for per-address rate limits and the audit log.
         .into_make_service_with_connect_info::<SocketAddr>();
@@ -92,7 +94,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         let stopping = stopping.clone();
         async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: draining in-flight requests");
+            tracing::info!("shutting down: draining in-flight requests, ending event streams");
+            // Streams would hold the drain open: they end now, telling
+            // their clients to reconnect elsewhere.
+            hub.shut_down();
             stopping.notify_one();
         }
     });

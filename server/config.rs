@@ -21,6 +21,8 @@ use crate::db::DatabaseUrl;
 use crate::idempotency::IdempotencySettings;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::{ClassLimits, RateLimitSettings};
+use crate::realtime::RealtimeSettings;
+use crate::realtime::ephemeral::EphemeralLimits;
 
 /// A setting as the operator gives it: its flag and its environment
 /// variable, for error messages.
@@ -273,6 +275,24 @@ pub struct ServeConfig {
     #[arg(long, env = "CATBIRD_AUDIT_RETENTION_DAYS", default_value_t = 90,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_retention_days: u32,
+    /// Frames an event stream may have waiting to be sent; a subscriber
+    /// that falls further behind is told it is a slow consumer and
+    /// disconnected (it reconnects and catches up from the log).
+    #[arg(long, env = "CATBIRD_STREAM_QUEUE_FRAMES", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub stream_queue_frames: u32,
+    /// Event streams one user (DID) may have open on one process at once;
+    /// past it, subscribeConvoEvents answers 429 TooManyConnections.
+    #[arg(long, env = "CATBIRD_MAX_STREAMS_PER_USER", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_user: u32,
+    /// Largest sendEphemeral ciphertext, in bytes (the lexicon allows 4096).
+    #[arg(long, env = "CATBIRD_EPHEMERAL_MAX_BYTES", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub ephemeral_max_bytes: u32,
+    /// sendEphemeral messages per minute per caller DID (0: unlimited).
+    #[arg(long, env = "CATBIRD_RATE_LIMIT_EPHEMERAL", default_value_t = 120)]
+    pub rate_limit_ephemeral: u32,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "CATBIRD_LOG_JSON", default_value_t = false)]
     pub log_json: bool,
@@ -403,6 +423,23 @@ impl ServeConfig {
     /// How long audit events are kept.
     pub fn audit_retention(&self) -> Duration {
         Duration::from_secs(u64::from(self.audit_retention_days) * 24 * 60 * 60)
+    }
+
+    /// The event-stream settings.
+    pub fn realtime_settings(&self) -> RealtimeSettings {
+        RealtimeSettings {
+            queue_frames: self.stream_queue_frames as usize,
+            max_streams_per_user: self.max_streams_per_user as usize,
+            ticket_lifetime: Duration::from_secs(30),
+        }
+    }
+
+    /// The sendEphemeral limits.
+    pub fn ephemeral_limits(&self) -> EphemeralLimits {
+        EphemeralLimits::new(
+            self.ephemeral_max_bytes as usize,
+            NonZeroU32::new(self.rate_limit_ephemeral),
+        )
     }
 
     /// The group lifecycle settings.

@@ -68,6 +68,13 @@ pub enum ServiceError {
     IdempotencyKeyInProgress(String),
     #[error("{0}")]
     ExternalCommitNotEnabled(String),
+    #[error("{0}")]
+    TooManyConnections(String),
+    #[error("{0}")]
+    RateLimitExceeded(String),
+    /// The service cannot take the request now (shutting down); retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("{0}")]
@@ -113,6 +120,9 @@ impl ServiceError {
             Self::ExternalCommitNotEnabled(_) => {
                 ("ExternalCommitNotEnabled", StatusCode::FORBIDDEN)
             }
+            Self::TooManyConnections(_) => ("TooManyConnections", StatusCode::TOO_MANY_REQUESTS),
+            Self::RateLimitExceeded(_) => ("RateLimitExceeded", StatusCode::TOO_MANY_REQUESTS),
+            Self::Unavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
             Self::Database(_) | Self::Internal(_) => return None,
         })
     }

@@ -8,7 +8,8 @@
 //! [`error`] (typed errors to XRPC errors, in one place), [`db`] (pool,
 //! migrations), [`maintenance`] (cleanup jobs), [`telemetry`] (logs,
 //! metrics). Around every method: [`ratelimit`], [`idempotency`],
-//! [`audit`]; [`rollout`] switches external commits. The MLS engine,
+//! [`audit`]; [`rollout`] switches external commits; [`realtime`] streams
+//! the log to devices. The MLS engine,
 //! `did#device` identities and cipher suites come from the pure crate
 //! `catbird-mls-core` (re-exported as [`groups`], [`device`],
 //! [`mls_crypto`]). No two modules use each other (checked by the
@@ -25,6 +26,7 @@ pub mod idempotency;
 pub mod keypackages;
 pub mod maintenance;
 pub mod ratelimit;
+pub mod realtime;
 pub mod rollout;
 pub mod service;
 pub mod state;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::auth::PgReplayStore;
 use crate::state::AppState;
-use crate::{audit, idempotency, keypackages};
+use crate::{audit, idempotency, keypackages, realtime};
 
 /// One cleanup pass; returns how many rows went, for logs and tests. Idle
 /// rate-limit budgets are dropped too.
@@ -18,6 +18,7 @@ pub async fn run_once(state: &AppState) -> Result<Cleaned, sqlx::Error> {
         key_packages: keypackages::delete_expired_unused(db).await?,
         idempotency_keys: idempotency::delete_expired(db).await?,
         audit_events: audit::delete_older_than(db, state.audit_retention).await?,
+        stream_tickets: realtime::store::delete_expired_tickets(db).await?,
     })
 }
 
@@ -28,6 +29,7 @@ pub struct Cleaned {
     pub key_packages: u64,
     pub idempotency_keys: u64,
     pub audit_events: u64,
+    pub stream_tickets: u64,
 }
 
 /// Runs [`run_once`] every `interval` until the task is dropped. A failed

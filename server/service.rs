@@ -13,8 +13,9 @@ use bytes::Bytes;
 use catbird_generated::lexicons::blue::catbird::mls::{
     self, add_members, commit_group_change, confirm_welcome, create_convo, get_convos, get_epoch,
     get_expected_conversations, get_group_info, get_key_package_status, get_key_packages,
-    get_messages, get_welcome, leave_convo, process_external_commit, publish_key_package,
-    publish_key_packages, remove_member, send_message,
+    get_messages, get_subscription_ticket, get_welcome, leave_convo, process_external_commit,
+    publish_key_package, publish_key_packages, remove_member, send_ephemeral, send_message,
+    subscribe_convo_events,
 };
 use catbird_generated::runtime::xrpc::http::header::AUTHORIZATION;
 use catbird_generated::runtime::xrpc::http::request::Parts;
@@ -28,6 +29,7 @@ use crate::convos::{self, create, listing, log, welcomes};
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::ratelimit::MethodClass;
+use crate::realtime::{ephemeral, stream, tickets};
 use crate::state::AppState;
 use crate::{keypackages, mls_crypto};
 use crate::{rollout, telemetry};
@@ -56,7 +58,11 @@ impl XrpcService for Service {
             .headers
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let mut caller = match self.state.verifier.verify(nsid, header).await {
+        let verified = match stream_ticket(nsid, header, request) {
+            Some(ticket) => self.redeem_ticket(&ticket).await,
+            None => self.state.verifier.verify(nsid, header).await,
+        };
+        let mut caller = match verified {
             Ok(caller) => caller,
             Err(error) => {
                 // No token at all is not an attempt worth a row; our own
@@ -161,6 +167,27 @@ impl Service {
     }
 
     /// The group id of a conversation that exists.
+    /// A subscribeConvoEvents ticket: valid, unused, and for the device
+    /// the request names.
+    async fn redeem_ticket(&self, ticket: &StreamTicket) -> Result<Caller, AuthError> {
+        let owner = tickets::redeem(&self.state.db, &ticket.ticket)
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .ok_or_else(|| AuthError::Malformed("unknown, used or expired ticket".into()))?;
+        if ticket.device.as_deref() != Some(owner.device_id.as_str()) {
+            return Err(AuthError::Malformed(
+                "the ticket was issued for another device".into(),
+            ));
+        }
+        let did =
+            crate::db::stored_did(&owner.did).map_err(|e| AuthError::Internal(e.to_string()))?;
+        Ok(Caller {
+            issuer: owner.did,
+            did,
+            client_ip: None,
+        })
+    }
+
     async fn existing_convo(&self, convo_id: &str) -> Result<Vec<u8>, ServiceError> {
         let group_id = convos::group_id(convo_id)?;
         let mut conn = self.state.db.acquire().await?;
@@ -169,7 +196,75 @@ impl Service {
     }
 }
 
+/// A ticket in a subscribeConvoEvents request without a bearer token.
+struct StreamTicket {
+    ticket: String,
+    device: Option<String>,
+}
+
+fn stream_ticket(nsid: &str, authorization: Option<&str>, request: &Parts) -> Option<StreamTicket> {
+    if nsid != subscribe_convo_events::NSID || authorization.is_some() {
+        return None;
+    }
+    let query = request.uri.query()?;
+    let mut ticket = None;
+    let mut device = None;
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*key {
+            "ticket" => ticket = Some(value.into_owned()),
+            "deviceId" => device = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    Some(StreamTicket {
+        ticket: ticket?,
+        device,
+    })
+}
+
 impl mls::Handler for Service {
+    async fn subscribe_convo_events(
+        &self,
+        caller: Caller,
+        params: subscribe_convo_events::Params,
+    ) -> subscribe_convo_events::Response {
+        let device = caller_device(&params.device_id, &caller.did)?;
+        let realtime = &self.state.realtime;
+        Ok(stream::open(&realtime.hub, &self.state.db, &device).await?)
+    }
+
+    async fn get_subscription_ticket(
+        &self,
+        caller: Caller,
+        input: get_subscription_ticket::Input,
+    ) -> get_subscription_ticket::Response {
+        let device = caller_device(&input.device_id, &caller.did)?;
+        let lifetime = self.state.realtime.settings.ticket_lifetime;
+        let (ticket, expires_at) = tickets::issue(&self.state.db, &device, lifetime).await?;
+        Ok(get_subscription_ticket::Output {
+            ticket,
+            expires_at: Datetime::from(expires_at),
+        })
+    }
+
+    async fn send_ephemeral(
+        &self,
+        caller: Caller,
+        input: send_ephemeral::Input,
+    ) -> send_ephemeral::Response {
+        let group_id = convos::group_id(&input.convo_id)?;
+        let epoch = ephemeral::send(
+            &self.state.db,
+            &caller.did,
+            &group_id,
+            &self.state.convos,
+            &self.state.realtime.ephemeral,
+            &input,
+        )
+        .await?;
+        Ok(send_ephemeral::Output { epoch })
+    }
+
     async fn add_members(
         &self,
         caller: Caller,

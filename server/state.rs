@@ -13,6 +13,7 @@ use crate::convos::ConvoSettings;
 use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::RateLimits;
+use crate::realtime::Realtime;
 use crate::telemetry;
 
 /// What every request handler shares.
@@ -25,6 +26,7 @@ pub struct AppState {
     pub limits: RateLimits,
     pub idempotency: Idempotency,
     pub audit_retention: Duration,
+    pub realtime: Realtime,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
             limits: RateLimits::new(&checked.rate_limits),
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),
+            realtime: Realtime::new(config.realtime_settings(), config.ephemeral_limits()),
         })
     }
 }

@@ -13,7 +13,7 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::{
 use catbird_generated::lexicons::blue::catbird::mls::{
     Client, add_members, commit_group_change, confirm_welcome, create_convo, get_group_info,
     get_key_package_status, get_key_packages, get_messages, get_welcome, leave_convo,
-    process_external_commit, publish_key_packages, remove_member, send_message,
+    process_external_commit, publish_key_packages, remove_member, send_ephemeral, send_message,
 };
 use catbird_generated::runtime::{Bytes, Did};
 use catbird_mls_core::device::DeviceId;
@@ -124,6 +124,19 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
     /// The generated client, acting as the device's user.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// Talks to the service through `client` from now on (another replica,
+    /// a new token source); the MLS state is unchanged.
+    pub fn set_client(&mut self, client: Client) {
+        self.client = client;
+    }
+
+    /// Whether this device holds group state for `convo`.
+    pub fn is_in(&self, convo: &str) -> bool {
+        group_id(convo)
+            .and_then(|id| self.mls.load_group(&id))
+            .is_ok_and(|group| group.is_some())
     }
 
     /// The OpenMLS installation (key, state) under this device.
@@ -353,6 +366,19 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         Ok(sent.seq)
     }
 
+    /// Sends `text` as an ephemeral message (typing, presence) to the
+    /// members connected now; it is never stored. Returns its epoch.
+    pub async fn send_ephemeral(&mut self, convo: &str, text: &str) -> Result<i64, DeviceError> {
+        let mut group = self.group(convo)?;
+        let ciphertext = self.mls.encrypt(&mut group, text.as_bytes())?;
+        let input = send_ephemeral::Input {
+            convo_id: convo.to_owned(),
+            ciphertext,
+            epoch: lexicon_epoch(group.epoch()),
+        };
+        Ok(self.client.send_ephemeral(&input).await?.epoch)
+    }
+
     /// Reads the log from where this device stopped and applies it: commits
     /// are merged, proposals kept for the commit that covers them, and
     /// application messages decrypted and returned in log order.
@@ -368,10 +394,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             };
             let page = self.client.get_messages(&params).await?;
             for entry in &page.messages {
-                if !self.log(convo).own.remove(&entry.seq) {
-                    received.extend(self.apply(&mut group, entry)?);
-                }
-                self.log(convo).last_seq = entry.seq;
+                received.extend(self.apply_next(convo, &mut group, entry)?);
                 if !group.is_active() {
                     // Removed from the group: nothing later is for this device.
                     return Ok(received);
@@ -384,6 +407,23 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
                 return Ok(received);
             }
         }
+    }
+
+    /// Applies the entry after the last one applied (unless this device
+    /// submitted it, and so applied it already) and moves past it.
+    pub(crate) fn apply_next(
+        &mut self,
+        convo: &str,
+        group: &mut MlsGroup,
+        entry: &MessageView,
+    ) -> Result<Option<Received>, DeviceError> {
+        let received = if self.log(convo).own.remove(&entry.seq) {
+            None
+        } else {
+            self.apply(group, entry)?
+        };
+        self.log(convo).last_seq = entry.seq;
+        Ok(received)
     }
 
     /// Applies one log entry; returns the plaintext of an application message.

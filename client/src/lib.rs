@@ -7,7 +7,9 @@
 //!   acting as its user. Its operations follow the protocol as an app
 //!   would: commits are applied locally only once the service accepted
 //!   them, the log is read in seq order, a lost device rejoins by external
-//!   commit, KeyPackages are replenished when the service advises it.
+//!   commit, KeyPackages are replenished when the service advises it, and
+//!   [`realtime`] follows the device's event stream with the resume
+//!   contract built in.
 //! - [`Installation`] is the synchronous OpenMLS layer under a device (key,
 //!   state, groups, commits, joins), for apps that drive the protocol
 //!   themselves and for tests that build what a device never sends.
@@ -23,6 +25,7 @@ pub mod identity;
 mod installation;
 pub mod keypackage;
 pub mod mls;
+pub mod realtime;
 pub mod story;
 
 pub use device::{Change, Device, LocalMember, Received};
@@ -30,3 +33,4 @@ pub use error::DeviceError;
 pub use identity::{LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token};
 pub use installation::{Installation, Provider, StagedMessages, staged_messages, to_bytes};
 pub use mls::SUITE;
+pub use realtime::{ConvoEvents, Event};

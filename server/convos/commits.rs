@@ -45,6 +45,22 @@ impl CommitMethod<'_> {
     }
 }
 
+impl CommitMethod<'_> {
+    /// Why the devices this method's commits take out of the tree left:
+    /// removeMember removes (or bans); commitGroupChange removes only
+    /// leaves whose leave proposals it commits; an external commit may
+    /// only replace the caller's own old leaf.
+    fn left_reason(&self) -> store::LeftReason {
+        match self {
+            Self::RemoveMember { ban: true, .. } => store::LeftReason::Banned,
+            Self::GroupChange => store::LeftReason::Left,
+            Self::RemoveMember { ban: false, .. }
+            | Self::AddMembers { .. }
+            | Self::External { .. } => store::LeftReason::Removed,
+        }
+    }
+}
+
 /// An accepted commit (or proposal).
 pub struct Accepted {
     pub epoch: i64,
@@ -120,7 +136,14 @@ pub async fn commit(
             "the epoch moved under the conversation lock".into(),
         ));
     }
-    store::sync_members(&mut tx, group_id, &outcome.members, seq).await?;
+    store::sync_members(
+        &mut tx,
+        group_id,
+        &outcome.members,
+        seq,
+        method.left_reason(),
+    )
+    .await?;
     apply_side_effects(&mut tx, group_id, &method, &outcome, new_epoch, seq).await?;
     tx.commit().await?;
     Ok(Accepted {

@@ -62,7 +62,14 @@ pub async fn create(
         };
     }
     store::insert_creator(&mut tx, &group_id, caller.as_str()).await?;
-    store::sync_members(&mut tx, &group_id, &group.members, 0).await?;
+    store::sync_members(
+        &mut tx,
+        &group_id,
+        &group.members,
+        0,
+        store::LeftReason::Removed,
+    )
+    .await?;
     tx.commit().await?;
 
     let mut conn = db.acquire().await?;

@@ -37,19 +37,7 @@ pub async fn send(
             ciphertext.len()
         )));
     }
-    let claimed_epoch = u64::try_from(epoch)
-        .map_err(|_| ServiceError::InvalidCiphertext("epoch is negative".into()))?;
-    engine::check_application_header(group_id, claimed_epoch, ciphertext).map_err(|error| {
-        match error {
-            EngineError::WrongGroup => ServiceError::InvalidCiphertext(
-                "the PrivateMessage belongs to another conversation".into(),
-            ),
-            EngineError::EpochMismatch { got, .. } => ServiceError::InvalidCiphertext(format!(
-                "the PrivateMessage is for epoch {got}, not epoch {epoch}"
-            )),
-            other => other.into(),
-        }
-    })?;
+    check_header(group_id, epoch, ciphertext)?;
     let hash = sha256(ciphertext);
 
     let mut conn = db.acquire().await?;
@@ -96,6 +84,25 @@ pub async fn send(
         }
         Err(error) => Err(error.into()),
     }
+}
+
+/// The clear header of an application message: a PrivateMessage of this
+/// conversation at `epoch` (the service cannot read more of it).
+pub fn check_header(group_id: &[u8], epoch: i64, ciphertext: &[u8]) -> Result<(), ServiceError> {
+    let claimed_epoch = u64::try_from(epoch)
+        .map_err(|_| ServiceError::InvalidCiphertext("epoch is negative".into()))?;
+    engine::check_application_header(group_id, claimed_epoch, ciphertext).map_err(|error| {
+        match error {
+            EngineError::WrongGroup => ServiceError::InvalidCiphertext(
+                "the PrivateMessage belongs to another conversation".into(),
+            ),
+            EngineError::EpochMismatch { got, .. } => ServiceError::InvalidCiphertext(format!(
+                "the PrivateMessage is for epoch {got}, not epoch {epoch}"
+            )),
+            other => other.into(),
+        }
+    })?;
+    Ok(())
 }
 
 /// A msgId already in the log: the same message again gets its original

@@ -234,8 +234,27 @@ pub async fn set_banned(
     Ok(())
 }
 
-/// Makes the device rows equal to the merged tree: leaves that are gone get
-/// `left_at`, new ones get a row. Then the user rows follow: a user with a
+/// Why a commit took devices out of the tree, as fan-out reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftReason {
+    Removed,
+    Banned,
+    Left,
+}
+
+impl LeftReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Removed => "removed",
+            Self::Banned => "banned",
+            Self::Left => "left",
+        }
+    }
+}
+
+/// Makes the device rows equal to the merged tree of the commit at `seq`:
+/// leaves that are gone get `left_at` and `left_seq` (with `reason`), new
+/// ones get a row joined at `seq`. Then the user rows follow: a user with a
 /// device is current (a returning user's membership restarts at `seq`); a
 /// user without one has left.
 pub async fn sync_members(
@@ -243,6 +262,7 @@ pub async fn sync_members(
     group_id: &[u8],
     members: &[Member],
     seq: i64,
+    reason: LeftReason,
 ) -> Result<(), sqlx::Error> {
     let leaves: Vec<i32> = members.iter().map(|m| m.leaf_index as i32).collect();
     let devices: Vec<String> = members.iter().map(|m| m.device.to_string()).collect();
@@ -251,19 +271,21 @@ pub async fn sync_members(
         .map(|m| m.device.did().as_str().to_owned())
         .collect();
     sqlx::query!(
-        "UPDATE convo_devices d SET left_at = now() \
+        "UPDATE convo_devices d SET left_at = now(), left_seq = $4, left_reason = $5 \
          WHERE d.convo_id = $1 AND d.left_at IS NULL AND NOT EXISTS ( \
            SELECT 1 FROM unnest($2::int[], $3::text[]) AS m(leaf, device) \
            WHERE m.leaf = d.leaf_index AND m.device = d.device_id)",
         group_id,
         &leaves,
         &devices,
+        seq,
+        reason.as_str(),
     )
     .execute(&mut *tx)
     .await?;
     sqlx::query!(
-        "INSERT INTO convo_devices (convo_id, leaf_index, device_id, did) \
-         SELECT $1, m.leaf, m.device, m.did FROM unnest($2::int[], $3::text[], $4::text[]) \
+        "INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
+         SELECT $1, m.leaf, m.device, m.did, $5 FROM unnest($2::int[], $3::text[], $4::text[]) \
            AS m(leaf, device, did) \
          WHERE NOT EXISTS (SELECT 1 FROM convo_devices d WHERE d.convo_id = $1 \
            AND d.left_at IS NULL AND d.leaf_index = m.leaf AND d.device_id = m.device)",
@@ -271,6 +293,7 @@ pub async fn sync_members(
         &leaves,
         &devices,
         &dids,
+        seq,
     )
     .execute(&mut *tx)
     .await?;

@@ -19,5 +19,6 @@ mod lifecycle;
 mod operations;
 mod operator;
 mod rate_limits;
+mod realtime;
 mod rejoin;
 mod welcomes;

@@ -4,15 +4,13 @@
 //! shutdown: after SIGTERM it refuses new connections, finishes the request
 //! in flight, and exits with status 0.
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::common::metrics::Metrics;
 use crate::common::mls;
+use crate::common::process::{PATIENCE, ServerProcess, database_url};
 use crate::common::{SERVICE_DID, TestApp};
 use catbird_generated::lexicons::blue::catbird::mls::{
     get_key_package_status, publish_key_package,
@@ -27,10 +25,6 @@ use sqlx::PgPool;
 
 const STATUS: &str = get_key_package_status::NSID;
 const PUBLISH: &str = publish_key_package::NSID;
-
-/// How long to wait for the binary to start, react or exit: generous, as CI
-/// machines are slow. Never a measurement, only a bound on hanging.
-const PATIENCE: Duration = Duration::from_secs(60);
 
 // ---- health -----------------------------------------------------------------
 
@@ -168,7 +162,12 @@ async fn metrics_count_requests_by_method_and_status(pool: PgPool) {
 async fn sigterm_lets_the_request_in_flight_finish(pool: PgPool) {
     let dids = tempfile::tempdir().unwrap();
     let alice = client::create_identity(dids.path(), "alice", Algorithm::Es256k).unwrap();
-    let mut server = ServerProcess::start(&database_url(&pool), dids.path()).await;
+    let mut server = ServerProcess::start(
+        &database_url(&pool),
+        dids.path(),
+        &["--shutdown-grace-seconds", "600"],
+    )
+    .await;
 
     // A publishKeyPackage request whose body arrives in two parts.
     let token = client::mint_token(
@@ -229,133 +228,6 @@ async fn sigterm_lets_the_request_in_flight_finish(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 1);
-}
-
-/// `catbird-mls serve` as a child process, killed if a test fails.
-struct ServerProcess {
-    child: Child,
-    address: SocketAddr,
-    /// The process's stdout and stderr, for failure messages.
-    log: tempfile::TempDir,
-}
-
-impl ServerProcess {
-    /// Starts the binary on a free port and waits until it is healthy.
-    async fn start(database_url: &str, did_directory: &Path) -> Self {
-        let address = free_address();
-        let log = tempfile::tempdir().unwrap();
-        let output = File::create(log.path().join("server.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_catbird-mls"))
-            .arg("serve")
-            .args(["--bind", &address.to_string()])
-            .args(["--database-url", database_url])
-            .arg("--did-directory")
-            .arg(did_directory)
-            .args(["--service-did", SERVICE_DID])
-            // Longer than PATIENCE: exiting must not be the grace period's doing.
-            .args(["--shutdown-grace-seconds", "600"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .expect("starting catbird-mls");
-        let mut server = Self {
-            child,
-            address,
-            log,
-        };
-
-        let health = format!("http://{address}/xrpc/_health");
-        let started = Instant::now();
-        loop {
-            server.assert_running();
-            if let Ok(response) = reqwest::get(&health).await
-                && response.status() == StatusCode::OK
-            {
-                return server;
-            }
-            assert!(
-                started.elapsed() < PATIENCE,
-                "never healthy\n{}",
-                server.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
-    }
-
-    /// Whether a new TCP connection is refused.
-    fn refuses_connections(&self) -> bool {
-        match TcpStream::connect(self.address) {
-            Ok(_) => false,
-            // The connection reached the accept queue just as the listener
-            // closed, which resets it: the next attempt is refused.
-            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => false,
-            Err(error) => {
-                assert_eq!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionRefused,
-                    "{error}"
-                );
-                true
-            }
-        }
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("catbird-mls exited early: {status}\n{}", self.log());
-        }
-    }
-
-    async fn wait_for_exit(&mut self) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(started.elapsed() < PATIENCE, "did not exit\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.log.path().join("server.log")).unwrap_or_default();
-        format!("--- catbird-mls output ---\n{log}")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A loopback address no one listens on right now.
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-}
-
-/// The URL of the test's own database: `DATABASE_URL`'s server, the
-/// database `#[sqlx::test]` created.
-fn database_url(pool: &PgPool) -> String {
-    let server = std::env::var("DATABASE_URL").expect("DATABASE_URL (scripts/pg-start)");
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    let mut url = Url::parse(&server).unwrap();
-    url.set_path(&database);
-    url.into()
 }
 
 async fn jti_recorded(pool: &PgPool, jti: &str) -> bool {

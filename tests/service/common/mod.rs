@@ -7,6 +7,7 @@ pub mod joiner;
 pub mod member;
 pub mod metrics;
 pub mod mls;
+pub mod process;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
@@ -59,6 +60,7 @@ pub struct TestApp {
     pub state: Arc<AppState>,
     dids: tempfile::TempDir,
     server: tokio::task::JoinHandle<()>,
+    fanout: tokio::task::JoinHandle<()>,
 }
 
 impl TestApp {
@@ -74,6 +76,7 @@ impl TestApp {
         adjust(&mut config);
         let state = Arc::new(AppState::new(&config, pool.clone()).expect("test configuration"));
         let router = app::router(state.clone(), config.max_body_bytes);
+        let fanout = state.realtime.spawn_fanout(&pool);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -86,6 +89,7 @@ impl TestApp {
             state,
             dids,
             server,
+            fanout,
         }
     }
 
@@ -137,6 +141,7 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        self.fanout.abort();
     }
 }
 

@@ -190,11 +190,13 @@ where
 
 /// The method router of a subscription (`GET` + WebSocket upgrade).
 ///
-/// Authentication and parameters are checked before upgrading, so a
-/// rejected request gets an ordinary JSON error response. After the
-/// upgrade each stream item is one binary frame; an `Err` (from the stream,
-/// or from the handler before streaming) is sent as an error frame and the
-/// socket is closed.
+/// Authentication, parameters and the handler's own checks (it runs
+/// before upgrading) come first, so a rejected request gets an ordinary
+/// JSON error response. After the upgrade each stream item is one binary
+/// frame; an `Err` from the stream is sent as an error frame and the socket
+/// is closed. The server pings every [`PING_INTERVAL`], and a frame the
+/// client does not take within [`SEND_TIMEOUT`] ends the stream: a client
+/// that stops reading cannot hold a connection (and its task) forever.
 pub fn subscription<S, P, M, E, F, Fut, St>(
     service: Arc<S>,
     route: &'static Route,
@@ -228,8 +230,12 @@ where
                     .into_response();
                 }
             };
-            let started = handler(service, caller, params).await;
-            upgrade.on_upgrade(move |socket| send_frames(socket, started))
+            // A handler that refuses (access, limits) is answered before the
+            // upgrade, with the usual status and error body.
+            match handler(service, caller, params).await {
+                Ok(stream) => upgrade.on_upgrade(move |socket| send_frames(socket, stream)),
+                Err(error) => error.into_response(),
+            }
         })
     })
 }
@@ -312,42 +318,41 @@ impl std::fmt::Display for PanicMessage<'_> {
     }
 }
 
+/// How often an event stream's connection is pinged (the client's pongs
+/// are handled by the WebSocket layer; a dead peer makes the ping fail).
+pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// How long sending one frame may take before the client counts as gone.
+pub const SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends the event stream over an upgraded socket until it ends, fails, or
 /// the client goes away.
-async fn send_frames<M, E, St>(socket: WebSocket, started: Result<St, MethodError<E>>)
+async fn send_frames<M, E, St>(socket: WebSocket, stream: St)
 where
     M: EventMessage,
     E: DeclaredError + Send + 'static,
     St: Stream<Item = Result<M, MethodError<E>>> + Send + 'static,
 {
     let (mut sink, mut incoming) = socket.split();
-    let stream = match started {
-        Ok(stream) => stream,
-        Err(error) => {
-            send_error(&mut sink, error.name(), error.message()).await;
-            return;
-        }
-    };
     let mut stream = std::pin::pin!(AssertUnwindSafe(stream).catch_unwind());
+    let mut ping =
+        tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
     loop {
-        tokio::select! {
+        let outgoing = tokio::select! {
             item = stream.next() => match item {
                 None => {
-                    let _closed = sink.send(close_message()).await;
+                    let _closed = timed_send(&mut sink, close_message()).await;
                     return;
                 }
-                Some(Ok(Ok(message))) => {
-                    let frame = match message.encode_body() {
-                        Ok(body) => encode_frame(OP_MESSAGE, Some(&message.frame_type()), &body),
-                        Err(error) => {
-                            send_error(&mut sink, error.error(), error.message()).await;
-                            return;
-                        }
-                    };
-                    if sink.send(Message::Binary(frame.into())).await.is_err() {
+                Some(Ok(Ok(message))) => match message.encode_body() {
+                    Ok(body) => Message::Binary(
+                        encode_frame(OP_MESSAGE, Some(&message.frame_type()), &body).into(),
+                    ),
+                    Err(error) => {
+                        send_error(&mut sink, error.error(), error.message()).await;
                         return;
                     }
-                }
+                },
                 Some(Ok(Err(error))) => {
                     send_error(&mut sink, error.name(), error.message()).await;
                     return;
@@ -358,13 +363,28 @@ where
                     return;
                 }
             },
+            _ = ping.tick() => Message::Ping(Vec::new().into()),
             received = incoming.next() => match received {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
                 // Clients have nothing to say on an event stream; pings are
                 // answered by the WebSocket layer.
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => continue,
             },
+        };
+        if timed_send(&mut sink, outgoing).await.is_err() {
+            return;
         }
+    }
+}
+
+/// Sends one message within [`SEND_TIMEOUT`].
+async fn timed_send<Si>(sink: &mut Si, message: Message) -> Result<(), ()>
+where
+    Si: futures_util::Sink<Message> + Unpin,
+{
+    match tokio::time::timeout(SEND_TIMEOUT, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(()),
     }
 }
 
@@ -373,8 +393,11 @@ where
     Si: futures_util::Sink<Message> + Unpin,
 {
     let frame = error_frame(name, message);
-    if sink.send(Message::Binary(frame.into())).await.is_ok() {
-        let _closed = sink.send(close_message()).await;
+    if timed_send(sink, Message::Binary(frame.into()))
+        .await
+        .is_ok()
+    {
+        let _closed = timed_send(sink, close_message()).await;
     }
 }
 

@@ -1862,6 +1862,99 @@ pub mod get_messages {
     pub type Response = Result<Output, crate::runtime::xrpc::MethodError<Error>>;
 }
 
+/// `blue.catbird.mls.getSubscriptionTicket` (procedure)
+///
+/// Issues a one-use ticket for subscribeConvoEvents, for clients that cannot set an Authorization header on a WebSocket (browsers): pass it as the ticket parameter of the upgrade request within 30 seconds. It authenticates as the caller, for the device named here, once.
+pub mod get_subscription_ticket {
+    /// The method's NSID, its path below `/xrpc/`.
+    pub const NSID: &str = "blue.catbird.mls.getSubscriptionTicket";
+
+    /// This method takes no parameters.
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Params {}
+
+    impl crate::runtime::Validate for Params {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            Ok(())
+        }
+    }
+
+    /// The MIME type of this body.
+    pub const INPUT_ENCODING: Option<&str> = Some("application/json");
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Input {
+        /// The device the stream will be for; the DID part must be the caller's DID (otherwise 400 InvalidDevice).
+        #[serde(rename = "deviceId")]
+        pub device_id: String,
+    }
+
+    impl crate::runtime::Validate for Input {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let device_id = &self.device_id;
+            check::min_length(device_id, 9).at("deviceId")?;
+            check::max_length(device_id, 2100).at("deviceId")?;
+            Ok(())
+        }
+    }
+
+    /// The MIME type of this body.
+    pub const OUTPUT_ENCODING: Option<&str> = Some("application/json");
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Output {
+        /// The ticket.
+        pub ticket: String,
+        /// When it stops being valid.
+        #[serde(rename = "expiresAt")]
+        pub expires_at: crate::runtime::Datetime,
+    }
+
+    impl crate::runtime::Validate for Output {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let ticket = &self.ticket;
+            check::min_length(ticket, 16).at("ticket")?;
+            check::max_length(ticket, 128).at("ticket")?;
+            Ok(())
+        }
+    }
+
+    /// The errors this method declares, by their lexicon names.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Error {
+        /// deviceId is not a device identity of the caller's DID. Comes with HTTP 400 (invalid input).
+        InvalidDevice,
+    }
+
+    impl crate::runtime::DeclaredError for Error {
+        fn name(&self) -> &'static str {
+            match self {
+                Self::InvalidDevice => "InvalidDevice",
+            }
+        }
+        fn from_name(name: &str) -> Option<Self> {
+            match name {
+                "InvalidDevice" => Some(Self::InvalidDevice),
+                _ => None,
+            }
+        }
+    }
+
+    /// How this method is served, as data: verb, parameters, encodings.
+    pub const ROUTE: crate::runtime::xrpc::Route = crate::runtime::xrpc::Route {
+        nsid: NSID,
+        kind: crate::runtime::xrpc::MethodKind::Procedure,
+        params: &[],
+        input: INPUT_ENCODING,
+        output: OUTPUT_ENCODING,
+    };
+
+    /// What a handler of this method returns.
+    pub type Response = Result<Output, crate::runtime::xrpc::MethodError<Error>>;
+}
+
 /// `blue.catbird.mls.getWelcome` (query)
 ///
 /// Fetches the Welcome that lets one of the caller's devices join a conversation it was added to. Only the device the Welcome is for (deviceId, a device of the caller's user) may fetch it. Two-phase delivery: a Welcome is stored per added device when its commit is accepted, in state available. getWelcome returns it and moves it to in_flight (fetched), starting a grace window (inFlightUntil). A refetch within the grace window, e.g. after a crash before processing, returns the same Welcome. confirmWelcome with success moves it to consumed; a failed confirmation makes it available again; a grace window that ends without confirmation counts as consumed (the device is expected to have joined; if it did not, it rejoins by external commit). A consumed Welcome is never served again: getWelcome answers 410 WelcomeConsumed. A Welcome is withdrawn when its device is removed from the conversation, or rejoins it by external commit, before consuming it.
@@ -2617,6 +2710,124 @@ pub mod remove_member {
     pub type Response = Result<Output, crate::runtime::xrpc::MethodError<Error>>;
 }
 
+/// `blue.catbird.mls.sendEphemeral` (procedure)
+///
+/// Sends an ephemeral MLS application message (typing, presence) for the conversation's current epoch to the member devices connected to subscribeConvoEvents right now. It is checked like sendMessage (current members only, an application PrivateMessage of this conversation at the current epoch) but never stored: it gets no seq, getMessages never returns it, and devices not connected never see it. Smaller size limit than sendMessage and its own rate limit.
+pub mod send_ephemeral {
+    /// The method's NSID, its path below `/xrpc/`.
+    pub const NSID: &str = "blue.catbird.mls.sendEphemeral";
+
+    /// This method takes no parameters.
+    #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Params {}
+
+    impl crate::runtime::Validate for Params {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            Ok(())
+        }
+    }
+
+    /// The MIME type of this body.
+    pub const INPUT_ENCODING: Option<&str> = Some("application/json");
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Input {
+        /// The conversation: its MLS group id in lowercase hex (the convoView's groupId).
+        #[serde(rename = "convoId")]
+        pub convo_id: String,
+        /// An MLSMessage carrying a PrivateMessage of content type application, at most 4 KiB.
+        pub ciphertext: crate::runtime::Bytes,
+        /// The epoch it was encrypted in; it must be the conversation's current epoch.
+        pub epoch: i64,
+    }
+
+    impl crate::runtime::Validate for Input {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convo_id = &self.convo_id;
+            check::min_length(convo_id, 2).at("convoId")?;
+            check::max_length(convo_id, 512).at("convoId")?;
+            let ciphertext = &self.ciphertext;
+            check::bytes_min_length(ciphertext, 1).at("ciphertext")?;
+            check::bytes_max_length(ciphertext, 4096).at("ciphertext")?;
+            let epoch = &self.epoch;
+            check::minimum(*epoch, 0).at("epoch")?;
+            Ok(())
+        }
+    }
+
+    /// The MIME type of this body.
+    pub const OUTPUT_ENCODING: Option<&str> = Some("application/json");
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Output {
+        /// The epoch it was sent for.
+        pub epoch: i64,
+    }
+
+    impl crate::runtime::Validate for Output {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let epoch = &self.epoch;
+            check::minimum(*epoch, 0).at("epoch")?;
+            Ok(())
+        }
+    }
+
+    /// The errors this method declares, by their lexicon names.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Error {
+        /// No conversation has this convoId. Comes with HTTP 404 (not found).
+        ConvoNotFound,
+        /// The caller's user has no device in the conversation. Comes with HTTP 403 (forbidden).
+        NotMember,
+        /// epoch is not the conversation's current epoch. Comes with HTTP 409 (conflict).
+        EpochMismatch,
+        /// The ciphertext is not an MLSMessage carrying an application PrivateMessage of this conversation at epoch. Comes with HTTP 400 (invalid input).
+        InvalidCiphertext,
+        /// The ciphertext exceeds the service's ephemeral size limit (at most the 4 KiB of the schema). Comes with HTTP 413 (payload too large).
+        MessageTooLarge,
+        /// The caller sent more ephemeral messages per minute than the service allows; the message was dropped, not queued. Comes with HTTP 429 (too many requests).
+        RateLimitExceeded,
+    }
+
+    impl crate::runtime::DeclaredError for Error {
+        fn name(&self) -> &'static str {
+            match self {
+                Self::ConvoNotFound => "ConvoNotFound",
+                Self::NotMember => "NotMember",
+                Self::EpochMismatch => "EpochMismatch",
+                Self::InvalidCiphertext => "InvalidCiphertext",
+                Self::MessageTooLarge => "MessageTooLarge",
+                Self::RateLimitExceeded => "RateLimitExceeded",
+            }
+        }
+        fn from_name(name: &str) -> Option<Self> {
+            match name {
+                "ConvoNotFound" => Some(Self::ConvoNotFound),
+                "NotMember" => Some(Self::NotMember),
+                "EpochMismatch" => Some(Self::EpochMismatch),
+                "InvalidCiphertext" => Some(Self::InvalidCiphertext),
+                "MessageTooLarge" => Some(Self::MessageTooLarge),
+                "RateLimitExceeded" => Some(Self::RateLimitExceeded),
+                _ => None,
+            }
+        }
+    }
+
+    /// How this method is served, as data: verb, parameters, encodings.
+    pub const ROUTE: crate::runtime::xrpc::Route = crate::runtime::xrpc::Route {
+        nsid: NSID,
+        kind: crate::runtime::xrpc::MethodKind::Procedure,
+        params: &[],
+        input: INPUT_ENCODING,
+        output: OUTPUT_ENCODING,
+    };
+
+    /// What a handler of this method returns.
+    pub type Response = Result<Output, crate::runtime::xrpc::MethodError<Error>>;
+}
+
 /// `blue.catbird.mls.sendMessage` (procedure)
 ///
 /// Appends an encrypted application message to a conversation's log. Current members only. The ciphertext is an MLSMessage carrying a PrivateMessage of content type application whose group id (readable in clear) is the conversation and whose epoch is epoch; the service cannot read or verify its content. Only messages for the current epoch are accepted (otherwise 409 EpochMismatch: process the log, then encrypt again), so the epoch never decreases along seq. The message gets the next seq in the same transaction that stores it: concurrent sends get distinct, consecutive seq numbers, never reused, and every accepted message appears in the log that getMessages reads. msgId is unique per conversation: the same msgId with the same ciphertext again returns the original result; a different ciphertext under a used msgId is rejected.
@@ -2785,6 +2996,561 @@ pub mod send_message {
     pub type Response = Result<Output, crate::runtime::xrpc::MethodError<Error>>;
 }
 
+/// `blue.catbird.mls.subscribeConvoEvents` (subscription)
+///
+/// The realtime stream of one device: an XRPC event stream (WebSocket, DAG-CBOR frames) carrying the events of every conversation the device is a member of, including conversations it joins while connected. Authenticate with a service-auth token for this method in the Authorization header of the upgrade request, or, where headers cannot be set (browsers), with a ticket from getSubscriptionTicket in the ticket parameter; a refused request gets an ordinary XRPC error before the upgrade (401, or 429 past the per-user connection limit). The stream never carries anything getMessages could not also return: the log is the only source of truth and the stream is a notification of it, so a client that missed frames repairs itself from the seq it holds. Resume contract, which the Rust client's resume helper implements: (1) keep, per conversation, the seq of the last log entry applied; (2) after connecting, the first frame is a #catchUp listing each of the device's conversations with its head (lastSeq, epoch), read after this connection started receiving live events: for every conversation whose lastSeq is above the seq held, read getMessages from the held seq up to lastSeq; (3) a #logEntry whose seq is the held seq + 1 is applied directly; one at or below the held seq is a duplicate and is ignored; one further ahead means entries were missed: read getMessages from the held seq first; (4) an #info frame named resync is followed by a new #catchUp: repeat step 2; (5) after a disconnect (including #info slowConsumer or restarting, or no frame for longer than the keepalive), reconnect, to any replica, and repeat from step 2. Entries of one conversation arrive in seq order; the service keeps no per-connection state. Membership is checked when each event is sent: a removed or banned device receives the commit that removed it and nothing later; a device added while connected receives a #welcome and then the entries after the commit that added it. The server pings every connection periodically; a subscriber whose queue of unsent frames fills up (it does not read fast enough) is sent #info slowConsumer and disconnected.
+pub mod subscribe_convo_events {
+    /// The subscription's NSID, its path below `/xrpc/`.
+    pub const NSID: &str = "blue.catbird.mls.subscribeConvoEvents";
+
+    /// The method's query parameters.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Params {
+        /// The device to stream for: its MLS credential identity `did:...#device`; the DID part must be the caller's DID (otherwise 400 InvalidDevice before the upgrade).
+        #[serde(rename = "deviceId")]
+        pub device_id: String,
+        /// A one-use ticket from getSubscriptionTicket, instead of an Authorization header (for clients that cannot set headers on a WebSocket). Valid for 30 seconds, once.
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub ticket: Option<String>,
+    }
+
+    impl crate::runtime::Validate for Params {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let device_id = &self.device_id;
+            check::min_length(device_id, 9).at("deviceId")?;
+            check::max_length(device_id, 2100).at("deviceId")?;
+            if let Some(ticket) = &self.ticket {
+                check::min_length(ticket, 16).at("ticket")?;
+                check::max_length(ticket, 128).at("ticket")?;
+            }
+            Ok(())
+        }
+    }
+
+    /// A message of this event stream.
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum Message {
+        /// `blue.catbird.mls.subscribeConvoEvents#logEntry`
+        LogEntry(LogEntry),
+        /// `blue.catbird.mls.subscribeConvoEvents#welcome`
+        Welcome(Welcome),
+        /// `blue.catbird.mls.subscribeConvoEvents#membership`
+        Membership(Membership),
+        /// `blue.catbird.mls.subscribeConvoEvents#ephemeral`
+        Ephemeral(Ephemeral),
+        /// `blue.catbird.mls.subscribeConvoEvents#catchUp`
+        CatchUp(CatchUp),
+        /// `blue.catbird.mls.subscribeConvoEvents#info`
+        Info(Info),
+        /// A member this lexicon version does not know, kept as raw JSON.
+        Unknown(crate::runtime::Unknown),
+    }
+
+    impl serde::Serialize for Message {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match self {
+                Self::LogEntry(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#logEntry",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::Welcome(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#welcome",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::Membership(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#membership",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::Ephemeral(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#ephemeral",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::CatchUp(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#catchUp",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::Info(value) => {
+                    crate::runtime::serialize_typed(
+                        "blue.catbird.mls.subscribeConvoEvents#info",
+                        value,
+                        serializer,
+                    )
+                }
+                Self::Unknown(value) => value.serialize(serializer),
+            }
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for Message {
+        fn deserialize<D: serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Self, D::Error> {
+            let object = crate::runtime::UnionObject::deserialize(deserializer)?;
+            match object.type_name() {
+                "blue.catbird.mls.subscribeConvoEvents#logEntry" => {
+                    object.into_variant().map(Self::LogEntry)
+                }
+                "blue.catbird.mls.subscribeConvoEvents#welcome" => {
+                    object.into_variant().map(Self::Welcome)
+                }
+                "blue.catbird.mls.subscribeConvoEvents#membership" => {
+                    object.into_variant().map(Self::Membership)
+                }
+                "blue.catbird.mls.subscribeConvoEvents#ephemeral" => {
+                    object.into_variant().map(Self::Ephemeral)
+                }
+                "blue.catbird.mls.subscribeConvoEvents#catchUp" => {
+                    object.into_variant().map(Self::CatchUp)
+                }
+                "blue.catbird.mls.subscribeConvoEvents#info" => {
+                    object.into_variant().map(Self::Info)
+                }
+                _ => Ok(Self::Unknown(object.into_unknown())),
+            }
+        }
+    }
+
+    impl crate::runtime::Validate for Message {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            match self {
+                Self::LogEntry(value) => value.validate(),
+                Self::Welcome(value) => value.validate(),
+                Self::Membership(value) => value.validate(),
+                Self::Ephemeral(value) => value.validate(),
+                Self::CatchUp(value) => value.validate(),
+                Self::Info(value) => value.validate(),
+                Self::Unknown(_) => Ok(()),
+            }
+        }
+    }
+
+    impl crate::runtime::xrpc::EventMessage for Message {
+        fn frame_type(&self) -> String {
+            match self {
+                Self::LogEntry(_) => "#logEntry".to_owned(),
+                Self::Welcome(_) => "#welcome".to_owned(),
+                Self::Membership(_) => "#membership".to_owned(),
+                Self::Ephemeral(_) => "#ephemeral".to_owned(),
+                Self::CatchUp(_) => "#catchUp".to_owned(),
+                Self::Info(_) => "#info".to_owned(),
+                Self::Unknown(value) => {
+                    crate::runtime::xrpc::unknown_frame_type(NSID, value)
+                }
+            }
+        }
+        fn encode_body(&self) -> Result<Vec<u8>, crate::runtime::xrpc::XrpcError> {
+            match self {
+                Self::LogEntry(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::Welcome(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::Membership(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::Ephemeral(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::CatchUp(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::Info(value) => crate::runtime::xrpc::encode_frame_body(value),
+                Self::Unknown(value) => {
+                    crate::runtime::xrpc::encode_unknown_frame_body(value)
+                }
+            }
+        }
+        fn decode(
+            frame_type: &str,
+            body: &[u8],
+        ) -> Result<Self, crate::runtime::xrpc::XrpcError> {
+            match frame_type {
+                "#logEntry" | "blue.catbird.mls.subscribeConvoEvents#logEntry" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::LogEntry)
+                }
+                "#welcome" | "blue.catbird.mls.subscribeConvoEvents#welcome" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::Welcome)
+                }
+                "#membership" | "blue.catbird.mls.subscribeConvoEvents#membership" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::Membership)
+                }
+                "#ephemeral" | "blue.catbird.mls.subscribeConvoEvents#ephemeral" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::Ephemeral)
+                }
+                "#catchUp" | "blue.catbird.mls.subscribeConvoEvents#catchUp" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::CatchUp)
+                }
+                "#info" | "blue.catbird.mls.subscribeConvoEvents#info" => {
+                    crate::runtime::xrpc::decode_frame_body(body).map(Self::Info)
+                }
+                other => {
+                    crate::runtime::xrpc::decode_unknown_frame(NSID, other, body)
+                        .map(Self::Unknown)
+                }
+            }
+        }
+    }
+
+    /// The errors this method declares, by their lexicon names.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Error {
+        /// deviceId is not a device identity of the caller's DID. Comes with HTTP 400 (invalid input).
+        InvalidDevice,
+        /// The caller's user already has the most event streams the service allows open at once. Close one, or wait. Comes with HTTP 429 (too many requests).
+        TooManyConnections,
+    }
+
+    impl crate::runtime::DeclaredError for Error {
+        fn name(&self) -> &'static str {
+            match self {
+                Self::InvalidDevice => "InvalidDevice",
+                Self::TooManyConnections => "TooManyConnections",
+            }
+        }
+        fn from_name(name: &str) -> Option<Self> {
+            match name {
+                "InvalidDevice" => Some(Self::InvalidDevice),
+                "TooManyConnections" => Some(Self::TooManyConnections),
+                _ => None,
+            }
+        }
+    }
+
+    /// How this method is served, as data: verb, parameters, encodings.
+    pub const ROUTE: crate::runtime::xrpc::Route = crate::runtime::xrpc::Route {
+        nsid: NSID,
+        kind: crate::runtime::xrpc::MethodKind::Subscription,
+        params: &[
+            crate::runtime::xrpc::Param {
+                name: "deviceId",
+                kind: crate::runtime::xrpc::ParamKind::String,
+                array: false,
+                required: true,
+            },
+            crate::runtime::xrpc::Param {
+                name: "ticket",
+                kind: crate::runtime::xrpc::ParamKind::String,
+                array: false,
+                required: false,
+            },
+        ],
+        input: None,
+        output: None,
+    };
+
+    /// What a handler of this method returns.
+    pub type Response = Result<
+        crate::runtime::xrpc::SubscriptionStream<Message, Error>,
+        crate::runtime::xrpc::MethodError<Error>,
+    >;
+
+    /// A new entry of a conversation's log, as getMessages returns it (payload inline).
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct LogEntry {
+        pub message: crate::lexicons::blue::catbird::mls::defs::MessageView,
+    }
+
+    impl crate::runtime::Validate for LogEntry {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::ResultExt as _;
+            let message = &self.message;
+            message.validate().at("message")?;
+            Ok(())
+        }
+    }
+
+    /// A Welcome is available for this device: it was added to the conversation by the commit at commitSeq. Fetch it with getWelcome; the device reads the log after commitSeq.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Welcome {
+        /// The conversation: its MLS group id in lowercase hex (the convoView's groupId).
+        #[serde(rename = "convoId")]
+        pub convo_id: String,
+        /// The seq of the commit that added the device.
+        #[serde(rename = "commitSeq")]
+        pub commit_seq: i64,
+        /// The epoch the Welcome joins.
+        pub epoch: i64,
+    }
+
+    impl crate::runtime::Validate for Welcome {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convo_id = &self.convo_id;
+            check::min_length(convo_id, 2).at("convoId")?;
+            check::max_length(convo_id, 512).at("convoId")?;
+            let commit_seq = &self.commit_seq;
+            check::minimum(*commit_seq, 1).at("commitSeq")?;
+            let epoch = &self.epoch;
+            check::minimum(*epoch, 0).at("epoch")?;
+            Ok(())
+        }
+    }
+
+    /// added: the commit added the device (by Welcome or external commit); removed: a member removed it; banned: it was removed with its user's ban; left: it left (its leave proposal was committed).
+    ///
+    /// An open set: values not listed here are kept in `Other`.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub enum MembershipChange {
+        Added,
+        Removed,
+        Banned,
+        Left,
+        /// A value this lexicon version does not list.
+        Other(String),
+    }
+
+    impl MembershipChange {
+        /// The value as written in JSON.
+        pub fn as_str(&self) -> &str {
+            match self {
+                Self::Added => "added",
+                Self::Removed => "removed",
+                Self::Banned => "banned",
+                Self::Left => "left",
+                Self::Other(value) => value,
+            }
+        }
+    }
+
+    impl From<&str> for MembershipChange {
+        fn from(value: &str) -> Self {
+            match value {
+                "added" => Self::Added,
+                "removed" => Self::Removed,
+                "banned" => Self::Banned,
+                "left" => Self::Left,
+                other => Self::Other(other.to_owned()),
+            }
+        }
+    }
+
+    impl AsRef<str> for MembershipChange {
+        fn as_ref(&self) -> &str {
+            self.as_str()
+        }
+    }
+
+    impl serde::Serialize for MembershipChange {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(self.as_str())
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for MembershipChange {
+        fn deserialize<D: serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Self, D::Error> {
+            let value = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            Ok(Self::from(value.as_ref()))
+        }
+    }
+
+    /// A device joined or left the conversation through the commit at seq. Sent to the conversation's member devices and to the devices it concerns.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Membership {
+        /// The conversation: its MLS group id in lowercase hex (the convoView's groupId).
+        #[serde(rename = "convoId")]
+        pub convo_id: String,
+        /// The seq of the commit that made the change.
+        pub seq: i64,
+        /// The device's MLS credential identity: `did:...#device` (the user DID, `#`, a device name).
+        #[serde(rename = "deviceId")]
+        pub device_id: String,
+        /// The device's user.
+        pub did: crate::runtime::Did,
+        /// added: the commit added the device (by Welcome or external commit); removed: a member removed it; banned: it was removed with its user's ban; left: it left (its leave proposal was committed).
+        pub change: MembershipChange,
+    }
+
+    impl crate::runtime::Validate for Membership {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convo_id = &self.convo_id;
+            check::min_length(convo_id, 2).at("convoId")?;
+            check::max_length(convo_id, 512).at("convoId")?;
+            let seq = &self.seq;
+            check::minimum(*seq, 1).at("seq")?;
+            let device_id = &self.device_id;
+            check::min_length(device_id, 9).at("deviceId")?;
+            check::max_length(device_id, 2100).at("deviceId")?;
+            Ok(())
+        }
+    }
+
+    /// An ephemeral message (sendEphemeral) for the conversation's current epoch: delivered to connected member devices only, never stored, never in getMessages.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Ephemeral {
+        /// The conversation: its MLS group id in lowercase hex (the convoView's groupId).
+        #[serde(rename = "convoId")]
+        pub convo_id: String,
+        /// The epoch it was encrypted in.
+        pub epoch: i64,
+        /// The sending user (the device is inside the encryption).
+        pub sender: crate::runtime::Did,
+        /// An MLSMessage carrying an application PrivateMessage.
+        pub ciphertext: crate::runtime::Bytes,
+    }
+
+    impl crate::runtime::Validate for Ephemeral {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convo_id = &self.convo_id;
+            check::min_length(convo_id, 2).at("convoId")?;
+            check::max_length(convo_id, 512).at("convoId")?;
+            let epoch = &self.epoch;
+            check::minimum(*epoch, 0).at("epoch")?;
+            let ciphertext = &self.ciphertext;
+            check::bytes_min_length(ciphertext, 1).at("ciphertext")?;
+            check::bytes_max_length(ciphertext, 4096).at("ciphertext")?;
+            Ok(())
+        }
+    }
+
+    /// The heads of the device's conversations, read after this connection started receiving live events: the first frame of every stream, and the frame after every #info resync. Any conversation whose lastSeq is above the seq the client holds is read with getMessages up to lastSeq; live entries continue after it.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct CatchUp {
+        pub convos: Vec<ConvoHead>,
+    }
+
+    impl crate::runtime::Validate for CatchUp {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convos = &self.convos;
+            check::max_items(convos.len(), 10000).at("convos")?;
+            for (i, item) in convos.iter().enumerate() {
+                item.validate().at_index(i).at("convos")?;
+            }
+            Ok(())
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct ConvoHead {
+        /// The conversation: its MLS group id in lowercase hex (the convoView's groupId).
+        #[serde(rename = "convoId")]
+        pub convo_id: String,
+        /// The seq of the conversation's newest log entry the device may read (0: none yet).
+        #[serde(rename = "lastSeq")]
+        pub last_seq: i64,
+        /// The conversation's current epoch.
+        pub epoch: i64,
+    }
+
+    impl crate::runtime::Validate for ConvoHead {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            let convo_id = &self.convo_id;
+            check::min_length(convo_id, 2).at("convoId")?;
+            check::max_length(convo_id, 512).at("convoId")?;
+            let last_seq = &self.last_seq;
+            check::minimum(*last_seq, 0).at("lastSeq")?;
+            let epoch = &self.epoch;
+            check::minimum(*epoch, 0).at("epoch")?;
+            Ok(())
+        }
+    }
+
+    /// slowConsumer: the client did not read fast enough and is disconnected; reconnect and catch up. restarting: this replica is shutting down; reconnect (to another replica) and catch up. resync: live events may have been missed (the replica lost its notification connection); a #catchUp follows.
+    ///
+    /// An open set: values not listed here are kept in `Other`.
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+    pub enum InfoName {
+        SlowConsumer,
+        Restarting,
+        Resync,
+        /// A value this lexicon version does not list.
+        Other(String),
+    }
+
+    impl InfoName {
+        /// The value as written in JSON.
+        pub fn as_str(&self) -> &str {
+            match self {
+                Self::SlowConsumer => "slowConsumer",
+                Self::Restarting => "restarting",
+                Self::Resync => "resync",
+                Self::Other(value) => value,
+            }
+        }
+    }
+
+    impl From<&str> for InfoName {
+        fn from(value: &str) -> Self {
+            match value {
+                "slowConsumer" => Self::SlowConsumer,
+                "restarting" => Self::Restarting,
+                "resync" => Self::Resync,
+                other => Self::Other(other.to_owned()),
+            }
+        }
+    }
+
+    impl AsRef<str> for InfoName {
+        fn as_ref(&self) -> &str {
+            self.as_str()
+        }
+    }
+
+    impl serde::Serialize for InfoName {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(self.as_str())
+        }
+    }
+
+    impl<'de> serde::Deserialize<'de> for InfoName {
+        fn deserialize<D: serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Self, D::Error> {
+            let value = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+            Ok(Self::from(value.as_ref()))
+        }
+    }
+
+    /// A notice about the stream itself.
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    pub struct Info {
+        /// slowConsumer: the client did not read fast enough and is disconnected; reconnect and catch up. restarting: this replica is shutting down; reconnect (to another replica) and catch up. resync: live events may have been missed (the replica lost its notification connection); a #catchUp follows.
+        pub name: InfoName,
+        /// Details for humans.
+        #[serde(
+            default,
+            deserialize_with = "crate::runtime::optional_not_null",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub message: Option<String>,
+    }
+
+    impl crate::runtime::Validate for Info {
+        fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+            use crate::runtime::{ResultExt as _, check};
+            if let Some(message) = &self.message {
+                check::max_length(message, 1024).at("message")?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /** The `blue.catbird.mls` methods a service implements.
 
 Each method gets the caller its [`XrpcService::authenticate`](crate::runtime::xrpc::XrpcService::authenticate) hook produced for the route's NSID, and only valid input: parameters and bodies are parsed and checked against the lexicon before it runs. [`router`] serves every method.*/
@@ -2855,6 +3621,12 @@ pub trait Handler: crate::runtime::xrpc::XrpcService {
         caller: Self::Caller,
         params: get_messages::Params,
     ) -> impl std::future::Future<Output = get_messages::Response> + Send;
+    /// `blue.catbird.mls.getSubscriptionTicket` (procedure): Issues a one-use ticket for subscribeConvoEvents, for clients that cannot set an Authorization header on a WebSocket (browsers): pass it as the ticket parameter of the upgrade request within 30 seconds. It authenticates as the caller, for the device named here, once.
+    fn get_subscription_ticket(
+        &self,
+        caller: Self::Caller,
+        input: get_subscription_ticket::Input,
+    ) -> impl std::future::Future<Output = get_subscription_ticket::Response> + Send;
     /// `blue.catbird.mls.getWelcome` (query): Fetches the Welcome that lets one of the caller's devices join a conversation it was added to. Only the device the Welcome is for (deviceId, a device of the caller's user) may fetch it. Two-phase delivery: a Welcome is stored per added device when its commit is accepted, in state available. getWelcome returns it and moves it to in_flight (fetched), starting a grace window (inFlightUntil). A refetch within the grace window, e.g. after a crash before processing, returns the same Welcome. confirmWelcome with success moves it to consumed; a failed confirmation makes it available again; a grace window that ends without confirmation counts as consumed (the device is expected to have joined; if it did not, it rejoins by external commit). A consumed Welcome is never served again: getWelcome answers 410 WelcomeConsumed. A Welcome is withdrawn when its device is removed from the conversation, or rejoins it by external commit, before consuming it.
     fn get_welcome(
         &self,
@@ -2891,12 +3663,24 @@ pub trait Handler: crate::runtime::xrpc::XrpcService {
         caller: Self::Caller,
         input: remove_member::Input,
     ) -> impl std::future::Future<Output = remove_member::Response> + Send;
+    /// `blue.catbird.mls.sendEphemeral` (procedure): Sends an ephemeral MLS application message (typing, presence) for the conversation's current epoch to the member devices connected to subscribeConvoEvents right now. It is checked like sendMessage (current members only, an application PrivateMessage of this conversation at the current epoch) but never stored: it gets no seq, getMessages never returns it, and devices not connected never see it. Smaller size limit than sendMessage and its own rate limit.
+    fn send_ephemeral(
+        &self,
+        caller: Self::Caller,
+        input: send_ephemeral::Input,
+    ) -> impl std::future::Future<Output = send_ephemeral::Response> + Send;
     /// `blue.catbird.mls.sendMessage` (procedure): Appends an encrypted application message to a conversation's log. Current members only. The ciphertext is an MLSMessage carrying a PrivateMessage of content type application whose group id (readable in clear) is the conversation and whose epoch is epoch; the service cannot read or verify its content. Only messages for the current epoch are accepted (otherwise 409 EpochMismatch: process the log, then encrypt again), so the epoch never decreases along seq. The message gets the next seq in the same transaction that stores it: concurrent sends get distinct, consecutive seq numbers, never reused, and every accepted message appears in the log that getMessages reads. msgId is unique per conversation: the same msgId with the same ciphertext again returns the original result; a different ciphertext under a used msgId is rejected.
     fn send_message(
         &self,
         caller: Self::Caller,
         input: send_message::Input,
     ) -> impl std::future::Future<Output = send_message::Response> + Send;
+    /// `blue.catbird.mls.subscribeConvoEvents` (subscription): The realtime stream of one device: an XRPC event stream (WebSocket, DAG-CBOR frames) carrying the events of every conversation the device is a member of, including conversations it joins while connected. Authenticate with a service-auth token for this method in the Authorization header of the upgrade request, or, where headers cannot be set (browsers), with a ticket from getSubscriptionTicket in the ticket parameter; a refused request gets an ordinary XRPC error before the upgrade (401, or 429 past the per-user connection limit). The stream never carries anything getMessages could not also return: the log is the only source of truth and the stream is a notification of it, so a client that missed frames repairs itself from the seq it holds. Resume contract, which the Rust client's resume helper implements: (1) keep, per conversation, the seq of the last log entry applied; (2) after connecting, the first frame is a #catchUp listing each of the device's conversations with its head (lastSeq, epoch), read after this connection started receiving live events: for every conversation whose lastSeq is above the seq held, read getMessages from the held seq up to lastSeq; (3) a #logEntry whose seq is the held seq + 1 is applied directly; one at or below the held seq is a duplicate and is ignored; one further ahead means entries were missed: read getMessages from the held seq first; (4) an #info frame named resync is followed by a new #catchUp: repeat step 2; (5) after a disconnect (including #info slowConsumer or restarting, or no frame for longer than the keepalive), reconnect, to any replica, and repeat from step 2. Entries of one conversation arrive in seq order; the service keeps no per-connection state. Membership is checked when each event is sent: a removed or banned device receives the commit that removed it and nothing later; a device added while connected receives a #welcome and then the entries after the commit that added it. The server pings every connection periodically; a subscriber whose queue of unsent frames fills up (it does not read fast enough) is sent #info slowConsumer and disconnected.
+    fn subscribe_convo_events(
+        &self,
+        caller: Self::Caller,
+        params: subscribe_convo_events::Params,
+    ) -> impl std::future::Future<Output = subscribe_convo_events::Response> + Send;
 }
 
 /// Every method of this namespace, as data.
@@ -2912,13 +3696,16 @@ pub const ROUTES: &[&crate::runtime::xrpc::Route] = &[
     &get_key_package_status::ROUTE,
     &get_key_packages::ROUTE,
     &get_messages::ROUTE,
+    &get_subscription_ticket::ROUTE,
     &get_welcome::ROUTE,
     &leave_convo::ROUTE,
     &process_external_commit::ROUTE,
     &publish_key_package::ROUTE,
     &publish_key_packages::ROUTE,
     &remove_member::ROUTE,
+    &send_ephemeral::ROUTE,
     &send_message::ROUTE,
+    &subscribe_convo_events::ROUTE,
 ];
 
 /// An axum router serving every method of this namespace at
@@ -3040,6 +3827,16 @@ pub fn router<S: Handler>(
             ),
         )
         .route(
+            "/xrpc/blue.catbird.mls.getSubscriptionTicket",
+            crate::runtime::xrpc::procedure(
+                service.clone(),
+                &get_subscription_ticket::ROUTE,
+                |service, caller, _params: get_subscription_ticket::Params, input| async move {
+                    service.get_subscription_ticket(caller, input).await
+                },
+            ),
+        )
+        .route(
             "/xrpc/blue.catbird.mls.getWelcome",
             crate::runtime::xrpc::query(
                 service.clone(),
@@ -3100,12 +3897,32 @@ pub fn router<S: Handler>(
             ),
         )
         .route(
+            "/xrpc/blue.catbird.mls.sendEphemeral",
+            crate::runtime::xrpc::procedure(
+                service.clone(),
+                &send_ephemeral::ROUTE,
+                |service, caller, _params: send_ephemeral::Params, input| async move {
+                    service.send_ephemeral(caller, input).await
+                },
+            ),
+        )
+        .route(
             "/xrpc/blue.catbird.mls.sendMessage",
             crate::runtime::xrpc::procedure(
                 service.clone(),
                 &send_message::ROUTE,
                 |service, caller, _params: send_message::Params, input| async move {
                     service.send_message(caller, input).await
+                },
+            ),
+        )
+        .route(
+            "/xrpc/blue.catbird.mls.subscribeConvoEvents",
+            crate::runtime::xrpc::subscription(
+                service.clone(),
+                &subscribe_convo_events::ROUTE,
+                |service, caller, params| async move {
+                    service.subscribe_convo_events(caller, params).await
                 },
             ),
         )
@@ -3236,6 +4053,22 @@ impl Client {
     > {
         self.xrpc.query(&get_messages::ROUTE, params).await
     }
+    /// `blue.catbird.mls.getSubscriptionTicket` (procedure): Issues a one-use ticket for subscribeConvoEvents, for clients that cannot set an Authorization header on a WebSocket (browsers): pass it as the ticket parameter of the upgrade request within 30 seconds. It authenticates as the caller, for the device named here, once.
+    pub async fn get_subscription_ticket(
+        &self,
+        input: &get_subscription_ticket::Input,
+    ) -> Result<
+        get_subscription_ticket::Output,
+        crate::runtime::xrpc::ClientError<get_subscription_ticket::Error>,
+    > {
+        self.xrpc
+            .procedure(
+                &get_subscription_ticket::ROUTE,
+                &get_subscription_ticket::Params {},
+                input,
+            )
+            .await
+    }
     /// `blue.catbird.mls.getWelcome` (query): Fetches the Welcome that lets one of the caller's devices join a conversation it was added to. Only the device the Welcome is for (deviceId, a device of the caller's user) may fetch it. Two-phase delivery: a Welcome is stored per added device when its commit is accepted, in state available. getWelcome returns it and moves it to in_flight (fetched), starting a grace window (inFlightUntil). A refetch within the grace window, e.g. after a crash before processing, returns the same Welcome. confirmWelcome with success moves it to consumed; a failed confirmation makes it available again; a grace window that ends without confirmation counts as consumed (the device is expected to have joined; if it did not, it rejoins by external commit). A consumed Welcome is never served again: getWelcome answers 410 WelcomeConsumed. A Welcome is withdrawn when its device is removed from the conversation, or rejoins it by external commit, before consuming it.
     pub async fn get_welcome(
         &self,
@@ -3316,6 +4149,18 @@ impl Client {
             .procedure(&remove_member::ROUTE, &remove_member::Params {}, input)
             .await
     }
+    /// `blue.catbird.mls.sendEphemeral` (procedure): Sends an ephemeral MLS application message (typing, presence) for the conversation's current epoch to the member devices connected to subscribeConvoEvents right now. It is checked like sendMessage (current members only, an application PrivateMessage of this conversation at the current epoch) but never stored: it gets no seq, getMessages never returns it, and devices not connected never see it. Smaller size limit than sendMessage and its own rate limit.
+    pub async fn send_ephemeral(
+        &self,
+        input: &send_ephemeral::Input,
+    ) -> Result<
+        send_ephemeral::Output,
+        crate::runtime::xrpc::ClientError<send_ephemeral::Error>,
+    > {
+        self.xrpc
+            .procedure(&send_ephemeral::ROUTE, &send_ephemeral::Params {}, input)
+            .await
+    }
     /// `blue.catbird.mls.sendMessage` (procedure): Appends an encrypted application message to a conversation's log. Current members only. The ciphertext is an MLSMessage carrying a PrivateMessage of content type application whose group id (readable in clear) is the conversation and whose epoch is epoch; the service cannot read or verify its content. Only messages for the current epoch are accepted (otherwise 409 EpochMismatch: process the log, then encrypt again), so the epoch never decreases along seq. The message gets the next seq in the same transaction that stores it: concurrent sends get distinct, consecutive seq numbers, never reused, and every accepted message appears in the log that getMessages reads. msgId is unique per conversation: the same msgId with the same ciphertext again returns the original result; a different ciphertext under a used msgId is rejected.
     pub async fn send_message(
         &self,
@@ -3325,5 +4170,18 @@ impl Client {
         crate::runtime::xrpc::ClientError<send_message::Error>,
     > {
         self.xrpc.procedure(&send_message::ROUTE, &send_message::Params {}, input).await
+    }
+    /// `blue.catbird.mls.subscribeConvoEvents` (subscription): The realtime stream of one device: an XRPC event stream (WebSocket, DAG-CBOR frames) carrying the events of every conversation the device is a member of, including conversations it joins while connected. Authenticate with a service-auth token for this method in the Authorization header of the upgrade request, or, where headers cannot be set (browsers), with a ticket from getSubscriptionTicket in the ticket parameter; a refused request gets an ordinary XRPC error before the upgrade (401, or 429 past the per-user connection limit). The stream never carries anything getMessages could not also return: the log is the only source of truth and the stream is a notification of it, so a client that missed frames repairs itself from the seq it holds. Resume contract, which the Rust client's resume helper implements: (1) keep, per conversation, the seq of the last log entry applied; (2) after connecting, the first frame is a #catchUp listing each of the device's conversations with its head (lastSeq, epoch), read after this connection started receiving live events: for every conversation whose lastSeq is above the seq held, read getMessages from the held seq up to lastSeq; (3) a #logEntry whose seq is the held seq + 1 is applied directly; one at or below the held seq is a duplicate and is ignored; one further ahead means entries were missed: read getMessages from the held seq first; (4) an #info frame named resync is followed by a new #catchUp: repeat step 2; (5) after a disconnect (including #info slowConsumer or restarting, or no frame for longer than the keepalive), reconnect, to any replica, and repeat from step 2. Entries of one conversation arrive in seq order; the service keeps no per-connection state. Membership is checked when each event is sent: a removed or banned device receives the commit that removed it and nothing later; a device added while connected receives a #welcome and then the entries after the commit that added it. The server pings every connection periodically; a subscriber whose queue of unsent frames fills up (it does not read fast enough) is sent #info slowConsumer and disconnected.
+    pub async fn subscribe_convo_events(
+        &self,
+        params: &subscribe_convo_events::Params,
+    ) -> Result<
+        crate::runtime::xrpc::EventStream<
+            subscribe_convo_events::Message,
+            subscribe_convo_events::Error,
+        >,
+        crate::runtime::xrpc::ClientError<subscribe_convo_events::Error>,
+    > {
+        self.xrpc.subscribe(&subscribe_convo_events::ROUTE, params).await
     }
 }

@@ -1,0 +1,184 @@
+//! The fan-out task of a replica: announcements in, frames out. Each
+//! announced entry is read once and queued for every local stream whose
+//! device may see it at its seq (read now, so a device removed meanwhile
+//! gets nothing after the commit that removed it). Whenever the
+//! announcement connection is (re)established, every stream resyncs:
+//! announcements made while it was down are gone.
+
+use std::sync::Arc;
+
+use catbird_generated::lexicons::blue::catbird::mls::defs::{MessageKind, MessageView};
+use catbird_generated::lexicons::blue::catbird::mls::subscribe_convo_events::{
+    Ephemeral, LogEntry, Membership, Message, Welcome,
+};
+use catbird_generated::runtime::{Bytes, Datetime, Did};
+use sqlx::PgPool;
+
+use super::bus::{Announcement, EventSource, backoff};
+use super::hub::{Hub, Item};
+use super::store;
+use crate::mls_crypto::to_hex;
+
+/// Runs until the task is dropped.
+pub async fn run(mut source: impl EventSource, db: PgPool, hub: Arc<Hub>) {
+    let mut first = true;
+    let mut attempt = 0;
+    loop {
+        if let Err(error) = source.reconnect().await {
+            tracing::warn!(%error, attempt, "realtime: cannot listen for announcements; retrying");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt = attempt.saturating_add(1);
+            continue;
+        }
+        attempt = 0;
+        if !first {
+            metrics::counter!("realtime_listener_reconnects_total").increment(1);
+            tracing::info!("realtime: listening again; every stream resyncs");
+        }
+        first = false;
+        // Also on the first connection: streams may have opened before it.
+        if !hub.is_empty() {
+            hub.resync_all();
+        }
+        loop {
+            match source.next().await {
+                Ok(payload) => {
+                    if let Err(error) = handle(&db, &hub, &payload).await {
+                        // The entry cannot be read now: the streams learn
+                        // of it by catching up instead.
+                        tracing::warn!(%error, "realtime: fan-out failed; streams resync");
+                        hub.resync_all();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "realtime: announcements lost");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(db: &PgPool, hub: &Hub, payload: &str) -> Result<(), sqlx::Error> {
+    let Some(announcement) = Announcement::parse(payload) else {
+        tracing::warn!(payload, "realtime: unknown announcement ignored");
+        return Ok(());
+    };
+    if hub.is_empty() {
+        return Ok(());
+    }
+    match announcement {
+        Announcement::Entry { group_id, seq } => entry(db, hub, &group_id, seq).await,
+        Announcement::Ephemeral {
+            group_id,
+            epoch,
+            sender,
+            ciphertext,
+        } => {
+            let mut conn = db.acquire().await?;
+            let devices = store::current_devices(&mut conn, &group_id).await?;
+            let Ok(sender) = Did::new(sender) else {
+                return Ok(());
+            };
+            let item = Item::Frame(
+                Message::Ephemeral(Ephemeral {
+                    convo_id: to_hex(&group_id),
+                    epoch,
+                    sender,
+                    ciphertext: Bytes(ciphertext),
+                }),
+                None,
+            );
+            for device in hub.connected(devices.iter().map(String::as_str)) {
+                hub.deliver(&device, &item);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// One log entry: to the devices covering its seq; for a commit also the
+/// Welcomes it made and the membership it changed.
+async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), sqlx::Error> {
+    let mut conn = db.acquire().await?;
+    let Some(entry) = store::entry(&mut conn, group_id, seq).await? else {
+        // Announced in a transaction that committed: it is there.
+        tracing::error!(seq, "realtime: an announced entry is missing");
+        return Ok(());
+    };
+    let recipients = store::recipients(&mut conn, group_id, seq).await?;
+    let local = hub.connected(recipients.iter().map(String::as_str));
+    let convo_id = to_hex(group_id);
+    let kind = match entry.kind.as_str() {
+        "commit" => MessageKind::Commit,
+        "proposal" => MessageKind::Proposal,
+        _ => MessageKind::Application,
+    };
+    let is_commit = kind == MessageKind::Commit;
+    let view = MessageView {
+        id: entry.id,
+        convo_id: convo_id.clone(),
+        seq,
+        epoch: entry.epoch,
+        kind,
+        payload: Bytes(entry.payload),
+        sender: entry.sender.and_then(|did| Did::new(did).ok()),
+        created_at: Datetime::from(entry.created_at),
+    };
+    let frame = Item::Frame(
+        Message::LogEntry(LogEntry { message: view }),
+        Some(entry.created_at),
+    );
+    for device in &local {
+        hub.deliver(device, &frame);
+    }
+    if !is_commit {
+        return Ok(());
+    }
+
+    let welcomes = store::welcomes_of_commit(&mut conn, group_id, seq).await?;
+    let changes = store::membership_changes(&mut conn, group_id, seq).await?;
+    drop(conn);
+    for welcome in &welcomes {
+        let item = Item::Frame(
+            Message::Welcome(Welcome {
+                convo_id: convo_id.clone(),
+                commit_seq: seq,
+                epoch: welcome.epoch,
+            }),
+            Some(entry.created_at),
+        );
+        hub.deliver(&welcome.device_id, &item);
+    }
+    // Members, and the devices that joined, hear of every change.
+    let mut audience = local;
+    audience.extend(
+        hub.connected(
+            changes
+                .iter()
+                .filter(|c| c.change == "added")
+                .map(|c| c.device_id.as_str()),
+        ),
+    );
+    audience.sort();
+    audience.dedup();
+    for change in changes {
+        let Ok(did) = Did::new(change.did) else {
+            continue;
+        };
+        let item = Item::Frame(
+            Message::Membership(Membership {
+                convo_id: convo_id.clone(),
+                seq,
+                device_id: change.device_id,
+                did,
+                change: change.change.as_str().into(),
+            }),
+            Some(entry.created_at),
+        );
+        for device in &audience {
+            hub.deliver(device, &item);
+        }
+    }
+    Ok(())
+}
