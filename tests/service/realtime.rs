@@ -99,7 +99,7 @@ fn entries_of<'a>(
 ) -> impl Iterator<Item = (i64, MessageKind)> + 'a {
     frames.iter().filter_map(move |frame| match frame {
         Message::LogEntry(e) if e.message.convo_id == convo => {
-            Some((e.message.seq, e.message.kind.clone()))
+            Some((e.message.seq, e.message.kind))
         }
         _ => None,
     })
