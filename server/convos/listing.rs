@@ -60,16 +60,9 @@ pub async fn convos_of(
     limit: i64,
     cursor: Option<&str>,
 ) -> Result<(Vec<ConvoView>, Option<String>), ServiceError> {
-    let before = match cursor {
-        None => None,
-        Some(cursor) => {
-            let (micros, id) = parse_cursor(cursor)?;
-            let time = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(cursor))?;
-            Some((time, id))
-        }
-    };
-    let mut conn = db.acquire().await?;
+    let before = cursor.map(parse_cursor).transpose()?;
     let before = before.as_ref().map(|(time, id)| (*time, id.as_slice()));
+    let mut conn = db.acquire().await?;
     // One more than asked for says whether there is a next page.
     let mut convos = store::convos_of(&mut conn, caller.as_str(), before, limit + 1).await?;
     let next = page_cursor(&mut convos, limit, |c| {
@@ -108,11 +101,13 @@ fn page_cursor<T>(items: &mut Vec<T>, limit: i64, cursor: impl Fn(&T) -> String)
     items.last().map(cursor)
 }
 
-fn parse_cursor(cursor: &str) -> Result<(i64, Vec<u8>), ServiceError> {
+/// A getConvos cursor: `<createdAt in microseconds>.<groupId in hex>`.
+fn parse_cursor(cursor: &str) -> Result<(DateTime<Utc>, Vec<u8>), ServiceError> {
     let (micros, id) = cursor.split_once('.').ok_or_else(|| bad_cursor(cursor))?;
     let micros = micros.parse().map_err(|_| bad_cursor(cursor))?;
+    let time = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(cursor))?;
     let id = mls_crypto::from_hex(id).ok_or_else(|| bad_cursor(cursor))?;
-    Ok((micros, id))
+    Ok((time, id))
 }
 
 fn bad_cursor(cursor: &str) -> ServiceError {

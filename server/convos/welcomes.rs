@@ -6,7 +6,7 @@ use catbird_generated::lexicons::blue::catbird::mls::defs;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::store::welcomes::{self as store, Row, WelcomeState};
+use super::store::welcomes::{self as table, Row, WelcomeState};
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 
@@ -21,7 +21,7 @@ pub async fn store(
     epoch: i64,
     commit_seq: i64,
 ) -> Result<(), sqlx::Error> {
-    store::insert(
+    table::insert(
         tx,
         group_id,
         &device.to_string(),
@@ -42,7 +42,7 @@ pub async fn withdraw(
     group_id: &[u8],
     devices: &[String],
 ) -> Result<(), sqlx::Error> {
-    store::delete_unconsumed(tx, group_id, devices).await
+    table::delete_unconsumed(tx, group_id, devices).await
 }
 
 /// A Welcome as handed to its device.
@@ -68,7 +68,7 @@ async fn lock_row(
     group_id: &[u8],
     device: &DeviceId,
 ) -> Result<Row, ServiceError> {
-    store::lock(tx, group_id, &device.to_string())
+    table::lock(tx, group_id, &device.to_string())
         .await?
         .ok_or_else(|| {
             ServiceError::WelcomeNotFound(format!(
@@ -94,7 +94,7 @@ async fn set_state(
     in_flight_until: Option<DateTime<Utc>>,
     error_details: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    store::set_state(
+    table::set_state(
         tx,
         group_id,
         &device.to_string(),
