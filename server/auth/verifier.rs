@@ -22,7 +22,7 @@ use catbird_mls_core::auth::DidDocument;
 use catbird_mls_core::auth::jwt::{self, Claims, UnverifiedToken};
 
 /// How far our clock and the issuer's may disagree.
-pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// Who made an authenticated request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +49,6 @@ pub struct Verifier<R, S> {
     service_did: Did,
     resolver: R,
     replay: S,
-    clock_skew: Duration,
 }
 
 impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
@@ -59,14 +58,7 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
             service_did,
             resolver,
             replay,
-            clock_skew: DEFAULT_CLOCK_SKEW,
         }
-    }
-
-    /// Changes the clock-skew allowance (default [`DEFAULT_CLOCK_SKEW`]).
-    pub fn with_clock_skew(mut self, clock_skew: Duration) -> Self {
-        self.clock_skew = clock_skew;
-        self
     }
 
     /// This service's DID (the required `aud`).
@@ -119,7 +111,7 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
 
         // Remember the id until the token could no longer pass the `exp` check.
         let expires_at = timestamp(claims.exp)?
-            + chrono::Duration::from_std(self.clock_skew)
+            + chrono::Duration::from_std(CLOCK_SKEW)
                 .map_err(|_| AuthError::Internal("clock skew out of range".into()))?;
         if !self.replay.first_use(jti, &did, expires_at).await? {
             return Err(AuthError::Replayed);
@@ -142,7 +134,7 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
             return Err(AuthError::WrongAudience);
         }
         let now = now.timestamp();
-        let skew = i64::try_from(self.clock_skew.as_secs()).unwrap_or(i64::MAX);
+        let skew = i64::try_from(CLOCK_SKEW.as_secs()).unwrap_or(i64::MAX);
         if claims.exp.saturating_add(skew) <= now {
             return Err(AuthError::Expired);
         }

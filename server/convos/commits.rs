@@ -12,9 +12,11 @@ use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::store::log::EntryKind;
 use super::{ConvoSettings, Standing, require_rejoin_access, sha256, standing, store, welcomes};
 use crate::error::ServiceError;
 use crate::groups::engine::{self, CommitOutcome, CommittedProposal, ProposalKind};
+use crate::keypackages;
 use crate::mls_crypto;
 use crate::rollout::Rollout;
 
@@ -110,17 +112,17 @@ pub async fn commit(
     let new_epoch = i64::try_from(outcome.epoch)
         .map_err(|_| ServiceError::InvalidCommit("the epoch is out of range".into()))?;
     let id = format!("commit-{}", mls_crypto::to_hex(&hash[..16]));
-    let entry = store::NewEntry {
+    let entry = store::log::NewEntry {
         seq,
         id: &id,
         epoch: convo.epoch,
-        kind: "commit",
+        kind: EntryKind::Commit,
         payload: commit,
         payload_hash: &hash,
         sender: Some(caller.as_str()),
         proposed_removal: None,
     };
-    let accepted_at = store::append(&mut tx, group_id, &entry).await?;
+    let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
     let advanced = store::advance(
         &mut tx,
         group_id,
@@ -161,8 +163,8 @@ async fn resubmitted(
     group_id: &[u8],
     hash: &[u8],
     caller: &Did,
-) -> Result<Option<store::Previous>, ServiceError> {
-    Ok(store::find_handshake(tx, group_id, hash)
+) -> Result<Option<store::log::Previous>, ServiceError> {
+    Ok(store::log::find_handshake(tx, group_id, hash)
         .await?
         .filter(|previous| previous.sender.as_deref() == Some(caller.as_str())))
 }
@@ -241,7 +243,7 @@ async fn check_method_rules(
                         did.as_str()
                     )));
                 }
-                if store::use_key_package(tx, &added.key_package_ref, group_id)
+                if keypackages::mark_used(tx, &added.key_package_ref, group_id)
                     .await?
                     .is_none()
                 {
@@ -260,7 +262,7 @@ async fn check_method_rules(
                 ProposalKind::Remove | ProposalKind::SelfRemove => p.by_reference,
                 _ => false,
             })?;
-            let proposed = store::proposed_removals(tx, group_id, convo.epoch).await?;
+            let proposed = store::log::proposed_removals(tx, group_id, convo.epoch).await?;
             for removed in &outcome.removed {
                 if !proposed.contains(&(removed.leaf_index as i32)) {
                     return Err(invalid(format!(
@@ -400,17 +402,17 @@ pub async fn propose_leave(
     let outcome = engine::apply_self_remove_proposal(&convo.state, group_id, proposal, caller)?;
     let seq = convo.last_seq + 1;
     let id = format!("proposal-{}", mls_crypto::to_hex(&hash[..16]));
-    let entry = store::NewEntry {
+    let entry = store::log::NewEntry {
         seq,
         id: &id,
         epoch: convo.epoch,
-        kind: "proposal",
+        kind: EntryKind::Proposal,
         payload: proposal,
         payload_hash: &hash,
         sender: Some(caller.as_str()),
         proposed_removal: Some(outcome.removed_leaf as i32),
     };
-    let accepted_at = store::append(&mut tx, group_id, &entry).await?;
+    let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
     store::record_proposal(&mut tx, group_id, seq, &outcome.state).await?;
     tx.commit().await?;
     Ok(Accepted {

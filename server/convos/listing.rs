@@ -10,7 +10,7 @@ use catbird_generated::runtime::{Datetime, Did};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{ConvoSettings, require_convo, require_rejoin_access, store, welcomes};
+use super::{ConvoSettings, require_convo, require_rejoin_access, store};
 use crate::db;
 use crate::device::DeviceId;
 use crate::error::ServiceError;
@@ -60,30 +60,11 @@ pub async fn convos_of(
     limit: i64,
     cursor: Option<&str>,
 ) -> Result<(Vec<ConvoView>, Option<String>), ServiceError> {
-    let (before_time, before_id) = match cursor {
-        None => (None, Vec::new()),
-        Some(cursor) => {
-            let (micros, id) = parse_cursor(cursor)?;
-            let time = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(cursor))?;
-            (Some(time), id)
-        }
-    };
+    let before = cursor.map(parse_cursor).transpose()?;
+    let before = before.as_ref().map(|(time, id)| (*time, id.as_slice()));
     let mut conn = db.acquire().await?;
-    let mut convos = sqlx::query_as!(
-        store::Convo,
-        "SELECT c.group_id, c.cipher_suite, c.creator, c.name, c.description, c.epoch, c.last_seq, \
-                c.created_at, c.last_message_at \
-         FROM convos c JOIN convo_users u ON u.convo_id = c.group_id \
-         WHERE u.did = $1 AND u.left_at IS NULL \
-           AND ($2::timestamptz IS NULL OR (c.created_at, c.group_id) < ($2, $3)) \
-         ORDER BY c.created_at DESC, c.group_id DESC LIMIT $4",
-        caller.as_str(),
-        before_time,
-        &before_id,
-        limit + 1,
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+    // One more than asked for says whether there is a next page.
+    let mut convos = store::convos_of(&mut conn, caller.as_str(), before, limit + 1).await?;
     let next = page_cursor(&mut convos, limit, |c| {
         format!(
             "{}.{}",
@@ -120,11 +101,13 @@ fn page_cursor<T>(items: &mut Vec<T>, limit: i64, cursor: impl Fn(&T) -> String)
     items.last().map(cursor)
 }
 
-fn parse_cursor(cursor: &str) -> Result<(i64, Vec<u8>), ServiceError> {
+/// A getConvos cursor: `<createdAt in microseconds>.<groupId in hex>`.
+fn parse_cursor(cursor: &str) -> Result<(DateTime<Utc>, Vec<u8>), ServiceError> {
     let (micros, id) = cursor.split_once('.').ok_or_else(|| bad_cursor(cursor))?;
     let micros = micros.parse().map_err(|_| bad_cursor(cursor))?;
+    let time = DateTime::from_timestamp_micros(micros).ok_or_else(|| bad_cursor(cursor))?;
     let id = mls_crypto::from_hex(id).ok_or_else(|| bad_cursor(cursor))?;
-    Ok((micros, id))
+    Ok((time, id))
 }
 
 fn bad_cursor(cursor: &str) -> ServiceError {
@@ -146,35 +129,26 @@ pub async fn expected(
     };
     let window_start = Utc::now() - settings.rejoin_window;
     let mut conn = db.acquire().await?;
-    let mut rows = sqlx::query!(
-        r#"SELECT c.group_id, c.epoch, u.left_at,
-                  EXISTS (SELECT 1 FROM convo_devices d WHERE d.convo_id = c.group_id
-                          AND d.device_id = $2 AND d.left_at IS NULL) AS "has_leaf!"
-           FROM convo_users u JOIN convos c ON c.group_id = u.convo_id
-           WHERE u.did = $1 AND u.banned_at IS NULL
-             AND (u.left_at IS NULL OR u.left_at > $3) AND c.group_id > $4
-           ORDER BY c.group_id LIMIT $5"#,
+    let mut rows = store::expected(
+        &mut conn,
         caller.as_str(),
-        device.to_string(),
+        &device.to_string(),
         window_start,
         &after,
         limit + 1,
     )
-    .fetch_all(&mut *conn)
     .await?;
     let next = page_cursor(&mut rows, limit, |r| mls_crypto::to_hex(&r.group_id));
-    let mut conversations = Vec::with_capacity(rows.len());
-    for row in rows {
-        let welcome_pending =
-            welcomes::pending(&mut conn, &row.group_id, &device.to_string()).await?;
-        conversations.push(ExpectedConversation {
+    let conversations = rows
+        .into_iter()
+        .map(|row| ExpectedConversation {
             convo_id: mls_crypto::to_hex(&row.group_id),
             epoch: row.epoch,
-            needs_rejoin: !row.has_leaf && !welcome_pending,
-            welcome_pending,
+            needs_rejoin: !row.has_leaf && !row.welcome_pending,
+            welcome_pending: row.welcome_pending,
             left_at: row.left_at.map(Datetime::from),
-        });
-    }
+        })
+        .collect();
     Ok((conversations, next))
 }
 

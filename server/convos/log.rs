@@ -1,11 +1,12 @@
 //! The conversation log: sendMessage, getMessages, getEpoch.
 
-use catbird_generated::lexicons::blue::catbird::mls::defs::{GapInfo, MessageKind, MessageView};
+use catbird_generated::lexicons::blue::catbird::mls::defs::{GapInfo, MessageView};
 use catbird_generated::lexicons::blue::catbird::mls::send_message;
 use catbird_generated::runtime::{Bytes, Datetime, Did};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::store::log::EntryKind;
 use super::{ConvoSettings, require_convo, require_member, sha256, store};
 use crate::db;
 use crate::error::ServiceError;
@@ -43,7 +44,7 @@ pub async fn send(
     let mut conn = db.acquire().await?;
     require_convo(&mut conn, group_id).await?;
     require_member(&mut conn, group_id, caller, settings).await?;
-    if let Some(previous) = store::find_by_id(&mut conn, group_id, msg_id).await? {
+    if let Some(previous) = store::log::find_by_id(&mut conn, group_id, msg_id).await? {
         return same_message(previous, &hash, msg_id);
     }
     drop(conn);
@@ -54,17 +55,17 @@ pub async fn send(
             "the conversation is no longer at epoch {epoch}: process the log and encrypt again"
         )));
     };
-    let entry = store::NewEntry {
+    let entry = store::log::NewEntry {
         seq,
         id: msg_id,
         epoch,
-        kind: "application",
+        kind: EntryKind::Application,
         payload: ciphertext,
         payload_hash: &hash,
         sender: None,
         proposed_removal: None,
     };
-    match store::append(&mut tx, group_id, &entry).await {
+    match store::log::append(&mut tx, group_id, &entry).await {
         Ok(received_at) => {
             tx.commit().await?;
             Ok(Sent {
@@ -77,7 +78,7 @@ pub async fn send(
         Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
             drop(tx);
             let mut conn = db.acquire().await?;
-            let previous = store::find_by_id(&mut conn, group_id, msg_id)
+            let previous = store::log::find_by_id(&mut conn, group_id, msg_id)
                 .await?
                 .ok_or_else(|| ServiceError::Internal("a message vanished".into()))?;
             same_message(previous, &hash, msg_id)
@@ -108,11 +109,11 @@ pub fn check_header(group_id: &[u8], epoch: i64, ciphertext: &[u8]) -> Result<()
 /// A msgId already in the log: the same message again gets its original
 /// result, another one is a conflict.
 fn same_message(
-    previous: store::Previous,
+    previous: store::log::Previous,
     hash: &[u8],
     msg_id: &str,
 ) -> Result<Sent, ServiceError> {
-    if previous.kind == "application" && previous.payload_hash == hash {
+    if previous.kind == EntryKind::Application && previous.payload_hash == hash {
         Ok(Sent {
             seq: previous.seq,
             epoch: previous.epoch,
@@ -146,7 +147,7 @@ pub async fn read(
     let convo = require_convo(&mut conn, group_id).await?;
     let (_, visible_after) = require_member(&mut conn, group_id, caller, settings).await?;
     let after = since_seq.max(visible_after);
-    let entries = store::read_log(&mut conn, group_id, after, convo.last_seq, limit).await?;
+    let entries = store::log::read_log(&mut conn, group_id, after, convo.last_seq, limit).await?;
     // The page covers (after, last returned]; with nothing newer it is empty.
     let last_seq = entries.last().map_or(after, |e| e.seq);
     let returned: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -162,7 +163,7 @@ pub async fn read(
                 convo_id: convo_id.clone(),
                 seq: entry.seq,
                 epoch: entry.epoch,
-                kind: message_kind(&entry.kind)?,
+                kind: entry.kind.into(),
                 payload: Bytes(entry.payload),
                 sender: entry.sender.as_deref().map(db::stored_did).transpose()?,
                 created_at: Datetime::from(entry.created_at),
@@ -177,20 +178,6 @@ pub async fn read(
             missing_seqs,
             total_messages: convo.last_seq,
         },
-    })
-}
-
-/// The `kind` column, checked by the table's constraint.
-fn message_kind(kind: &str) -> Result<MessageKind, ServiceError> {
-    Ok(match kind {
-        "application" => MessageKind::Application,
-        "commit" => MessageKind::Commit,
-        "proposal" => MessageKind::Proposal,
-        other => {
-            return Err(ServiceError::Internal(format!(
-                "stored message kind {other:?}"
-            )));
-        }
     })
 }
 

@@ -2,10 +2,11 @@
 //! window starts) -> consumed (confirmed, or the window ended unconfirmed).
 //! A failed confirmation hands it back (available).
 
-use catbird_generated::lexicons::blue::catbird::mls::defs::WelcomeState;
+use catbird_generated::lexicons::blue::catbird::mls::defs;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::store::welcomes::{self as table, Row, WelcomeState};
 use crate::device::DeviceId;
 use crate::error::ServiceError;
 
@@ -20,22 +21,17 @@ pub async fn store(
     epoch: i64,
     commit_seq: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "INSERT INTO welcomes (convo_id, device_id, key_package_ref, welcome, epoch, commit_seq, state) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'available') \
-         ON CONFLICT (convo_id, device_id) DO UPDATE SET key_package_ref = EXCLUDED.key_package_ref, \
-           welcome = EXCLUDED.welcome, epoch = EXCLUDED.epoch, commit_seq = EXCLUDED.commit_seq, \
-           state = 'available', in_flight_until = NULL, error_details = NULL, updated_at = now()",
+    table::insert(
+        tx,
         group_id,
-        device.to_string(),
+        &device.to_string(),
         key_package_ref,
         welcome,
         epoch,
         commit_seq,
     )
-    .execute(tx)
     .await?;
-    count_transition("none", "available");
+    count_transition(None, WelcomeState::Available);
     Ok(())
 }
 
@@ -46,38 +42,23 @@ pub async fn withdraw(
     group_id: &[u8],
     devices: &[String],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "DELETE FROM welcomes WHERE convo_id = $1 AND device_id = ANY($2) AND state <> 'consumed'",
-        group_id,
-        devices,
-    )
-    .execute(tx)
-    .await?;
-    Ok(())
+    table::delete_unconsumed(tx, group_id, devices).await
 }
 
 /// A Welcome as handed to its device.
 pub struct Fetched {
     pub welcome: Vec<u8>,
-    pub state_before: WelcomeState,
+    pub state_before: defs::WelcomeState,
     pub epoch: i64,
     pub commit_seq: i64,
     pub in_flight_until: DateTime<Utc>,
 }
 
-struct Row {
-    welcome: Vec<u8>,
-    epoch: i64,
-    commit_seq: i64,
-    state: String,
-    in_flight_until: Option<DateTime<Utc>>,
-}
-
 /// The state a row is really in: an in-flight Welcome whose grace window
 /// ended unconfirmed counts as consumed.
-fn effective_state(row: &Row, now: DateTime<Utc>) -> &str {
-    match (row.state.as_str(), row.in_flight_until) {
-        ("in_flight", Some(until)) if until <= now => "consumed",
+fn effective_state(row: &Row, now: DateTime<Utc>) -> WelcomeState {
+    match (row.state, row.in_flight_until) {
+        (WelcomeState::InFlight, Some(until)) if until <= now => WelcomeState::Consumed,
         (state, _) => state,
     }
 }
@@ -87,20 +68,13 @@ async fn lock_row(
     group_id: &[u8],
     device: &DeviceId,
 ) -> Result<Row, ServiceError> {
-    sqlx::query_as!(
-        Row,
-        "SELECT welcome, epoch, commit_seq, state, in_flight_until FROM welcomes \
-         WHERE convo_id = $1 AND device_id = $2 FOR UPDATE",
-        group_id,
-        device.to_string(),
-    )
-    .fetch_optional(tx)
-    .await?
-    .ok_or_else(|| {
-        ServiceError::WelcomeNotFound(format!(
-            "no Welcome is stored for {device} in this conversation"
-        ))
-    })
+    table::lock(tx, group_id, &device.to_string())
+        .await?
+        .ok_or_else(|| {
+            ServiceError::WelcomeNotFound(format!(
+                "no Welcome is stored for {device} in this conversation"
+            ))
+        })
 }
 
 fn consumed(device: &DeviceId) -> ServiceError {
@@ -109,46 +83,39 @@ fn consumed(device: &DeviceId) -> ServiceError {
     ))
 }
 
-/// Moves a Welcome from state `from` to `state`, counted in
+/// Moves a Welcome from state `from` to `to`, counted in
 /// `welcome_transitions_total`.
 async fn set_state(
     tx: &mut PgConnection,
     group_id: &[u8],
     device: &DeviceId,
-    from: &str,
-    state: &'static str,
+    from: WelcomeState,
+    to: WelcomeState,
     in_flight_until: Option<DateTime<Utc>>,
     error_details: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE welcomes SET state = $3, in_flight_until = $4, \
-           error_details = COALESCE($5, error_details), updated_at = now() \
-         WHERE convo_id = $1 AND device_id = $2",
+    table::set_state(
+        tx,
         group_id,
-        device.to_string(),
-        state,
+        &device.to_string(),
+        to,
         in_flight_until,
         error_details,
     )
-    .execute(tx)
     .await?;
-    count_transition(from, state);
+    count_transition(Some(from), to);
     Ok(())
 }
 
-/// Counts a change of state; a refetch within the window, or touching a
-/// consumed one, is none.
-fn count_transition(from: &str, to: &'static str) {
-    if from == to {
+/// Counts a change of state (`from` is `None` for a new Welcome); a refetch
+/// within the window, or touching a consumed one, is none.
+fn count_transition(from: Option<WelcomeState>, to: WelcomeState) {
+    if from == Some(to) {
         return;
     }
-    let from = match from {
-        "available" => "available",
-        "in_flight" => "in_flight",
-        "consumed" => "consumed",
-        _ => "none",
-    };
-    metrics::counter!("welcome_transitions_total", "from" => from, "to" => to).increment(1);
+    let from = from.map_or("none", WelcomeState::as_str);
+    metrics::counter!("welcome_transitions_total", "from" => from, "to" => to.as_str())
+        .increment(1);
 }
 
 /// getWelcome: hands the Welcome out and starts (or keeps) its grace window.
@@ -162,16 +129,19 @@ pub async fn fetch(
     let mut tx = db.begin().await?;
     let row = lock_row(&mut tx, group_id, device).await?;
     let from = effective_state(&row, now);
-    let (state_before, until) = match from {
-        "available" => (WelcomeState::Available, now + grace),
-        "in_flight" => (
-            WelcomeState::InFlight,
-            row.in_flight_until.unwrap_or(now + grace),
-        ),
-        _ => {
+    let until = match from {
+        WelcomeState::Available => now + grace,
+        WelcomeState::InFlight => row.in_flight_until.unwrap_or(now + grace),
+        WelcomeState::Consumed => {
             // Record that the window ended, so the row says what it is.
             set_state(
-                &mut tx, group_id, device, &row.state, "consumed", None, None,
+                &mut tx,
+                group_id,
+                device,
+                row.state,
+                WelcomeState::Consumed,
+                None,
+                None,
             )
             .await?;
             tx.commit().await?;
@@ -183,7 +153,7 @@ pub async fn fetch(
         group_id,
         device,
         from,
-        "in_flight",
+        WelcomeState::InFlight,
         Some(until),
         None,
     )
@@ -191,7 +161,7 @@ pub async fn fetch(
     tx.commit().await?;
     Ok(Fetched {
         welcome: row.welcome,
-        state_before,
+        state_before: from.into(),
         epoch: row.epoch,
         commit_seq: row.commit_seq,
         in_flight_until: until,
@@ -206,41 +176,17 @@ pub async fn confirm(
     device: &DeviceId,
     success: bool,
     error_details: Option<&str>,
-) -> Result<WelcomeState, ServiceError> {
+) -> Result<defs::WelcomeState, ServiceError> {
     let now = Utc::now();
     let mut tx = db.begin().await?;
     let row = lock_row(&mut tx, group_id, device).await?;
     let from = effective_state(&row, now);
-    let state = match (success, from) {
-        (true, _) => {
-            set_state(&mut tx, group_id, device, from, "consumed", None, None).await?;
-            WelcomeState::Consumed
-        }
-        (false, "consumed") => return Err(consumed(device)),
-        (false, _) => {
-            let details = error_details;
-            set_state(&mut tx, group_id, device, from, "available", None, details).await?;
-            WelcomeState::Available
-        }
+    let (to, details) = match (success, from) {
+        (true, _) => (WelcomeState::Consumed, None),
+        (false, WelcomeState::Consumed) => return Err(consumed(device)),
+        (false, _) => (WelcomeState::Available, error_details),
     };
+    set_state(&mut tx, group_id, device, from, to, None, details).await?;
     tx.commit().await?;
-    Ok(state)
-}
-
-/// Whether a Welcome waits for the device (available, or in flight within
-/// its window).
-pub async fn pending(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    device: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM welcomes WHERE convo_id = $1 AND device_id = $2
-             AND (state = 'available' OR (state = 'in_flight' AND in_flight_until > now())))
-           AS "pending!""#,
-        group_id,
-        device,
-    )
-    .fetch_one(db)
-    .await
+    Ok(to.into())
 }

@@ -19,7 +19,7 @@ use crate::device::DeviceId;
 use crate::error::ServiceError;
 use crate::mls_crypto as mls;
 
-pub use store::delete_expired_unused;
+pub use store::{delete_expired_unused, mark_used};
 pub use validate::{ValidKeyPackage, validate};
 
 /// How many KeyPackages a device should keep, and may keep.

@@ -1,4 +1,5 @@
-//! The `key_packages` table (migration `0002_key_packages.sql`).
+//! The `key_packages` table (migrations `0002_key_packages.sql`, and
+//! `0003_conversations.sql` for the commit that used one).
 
 use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
@@ -173,6 +174,26 @@ pub async fn last_resort(
         now,
     )
     .fetch_all(tx)
+    .await
+}
+
+/// Marks a KeyPackage used by an accepted commit of `group_id`, in that
+/// commit's transaction; `None` if it was never published here, has
+/// expired, or another commit used it (last-resort ones may be used again).
+/// Returns its device.
+pub async fn mark_used(
+    tx: &mut PgConnection,
+    key_package_ref: &[u8],
+    group_id: &[u8],
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "UPDATE key_packages SET used_at = now(), used_in = $2 \
+         WHERE key_package_ref = $1 AND expires_at > now() AND (last_resort OR used_at IS NULL) \
+         RETURNING device_id",
+        key_package_ref,
+        group_id,
+    )
+    .fetch_optional(tx)
     .await
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use catbird_generated::lexicons::blue::catbird::mls::defs::{MessageKind, MessageView};
 use catbird_generated::lexicons::blue::catbird::mls::subscribe_convo_events::{
-    Ephemeral, LogEntry, Membership, Message, Welcome,
+    Ephemeral, LogEntry, Membership, MembershipChange, Message, Welcome,
 };
 use catbird_generated::runtime::{Bytes, Datetime, Did};
 use sqlx::PgPool;
@@ -17,6 +17,8 @@ use sqlx::PgPool;
 use super::bus::{Announcement, EventSource, backoff};
 use super::hub::{Hub, Item};
 use super::store;
+use crate::convos::store::LeftReason;
+use crate::convos::store::log::EntryKind;
 use crate::mls_crypto::to_hex;
 
 /// Runs until the task is dropped.
@@ -109,12 +111,8 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
     let recipients = store::recipients(&mut conn, group_id, seq).await?;
     let local = hub.connected(recipients.iter().map(String::as_str));
     let convo_id = to_hex(group_id);
-    let kind = match entry.kind.as_str() {
-        "commit" => MessageKind::Commit,
-        "proposal" => MessageKind::Proposal,
-        _ => MessageKind::Application,
-    };
-    let is_commit = kind == MessageKind::Commit;
+    let is_commit = entry.kind == EntryKind::Commit;
+    let kind = MessageKind::from(entry.kind);
     let view = MessageView {
         id: entry.id,
         convo_id: convo_id.clone(),
@@ -152,14 +150,8 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
     }
     // Members, and the devices that joined, hear of every change.
     let mut audience = local;
-    audience.extend(
-        hub.connected(
-            changes
-                .iter()
-                .filter(|c| c.change == "added")
-                .map(|c| c.device_id.as_str()),
-        ),
-    );
+    let added = changes.iter().filter(|c| c.left.is_none());
+    audience.extend(hub.connected(added.map(|c| c.device_id.as_str())));
     audience.sort();
     audience.dedup();
     for change in changes {
@@ -172,7 +164,12 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
                 seq,
                 device_id: change.device_id,
                 did,
-                change: change.change.as_str().into(),
+                change: match change.left {
+                    None => MembershipChange::Added,
+                    Some(LeftReason::Removed) => MembershipChange::Removed,
+                    Some(LeftReason::Banned) => MembershipChange::Banned,
+                    Some(LeftReason::Left) => MembershipChange::Left,
+                },
             }),
             Some(entry.created_at),
         );

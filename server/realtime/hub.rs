@@ -193,7 +193,10 @@ impl Hub {
             .cloned()
             .unwrap_or_default();
         for subscriber in subscribers {
-            subscriber.offer(item.clone());
+            if subscriber.offer(item.clone()) == Offered::TooSlow {
+                // No more frames for it; its stream ends on its own.
+                self.unsubscribe(&subscriber);
+            }
         }
     }
 

@@ -7,11 +7,14 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use crate::convos::store::LeftReason;
+use crate::convos::store::log::EntryKind;
+
 /// An announced log entry as fan-out sends it.
 pub struct AnnouncedEntry {
     pub id: String,
     pub epoch: i64,
-    pub kind: String,
+    pub kind: EntryKind,
     pub payload: Vec<u8>,
     pub sender: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -24,8 +27,8 @@ pub async fn entry(
 ) -> Result<Option<AnnouncedEntry>, sqlx::Error> {
     sqlx::query_as!(
         AnnouncedEntry,
-        "SELECT id, epoch, kind, payload, sender, created_at FROM convo_messages \
-         WHERE convo_id = $1 AND seq = $2",
+        r#"SELECT id, epoch, kind AS "kind: EntryKind", payload, sender, created_at
+           FROM convo_messages WHERE convo_id = $1 AND seq = $2"#,
         group_id,
         seq
     )
@@ -68,8 +71,8 @@ pub async fn current_devices(
 pub struct Change {
     pub device_id: String,
     pub did: String,
-    /// `added`, or the `left_reason`.
-    pub change: String,
+    /// `None`: the commit added it.
+    pub left: Option<LeftReason>,
 }
 
 /// The devices the commit at `seq` added or took out.
@@ -80,11 +83,11 @@ pub async fn membership_changes(
 ) -> Result<Vec<Change>, sqlx::Error> {
     sqlx::query_as!(
         Change,
-        "SELECT device_id AS \"device_id!\", did AS \"did!\", 'added' AS \"change!\" \
-           FROM convo_devices WHERE convo_id = $1 AND joined_seq = $2 \
-         UNION ALL \
-         SELECT device_id, did, coalesce(left_reason, 'removed') FROM convo_devices \
-           WHERE convo_id = $1 AND left_seq = $2",
+        r#"SELECT device_id AS "device_id!", did AS "did!", NULL AS "left: LeftReason"
+             FROM convo_devices WHERE convo_id = $1 AND joined_seq = $2
+           UNION ALL
+           SELECT device_id, did, coalesce(left_reason, 'removed') FROM convo_devices
+             WHERE convo_id = $1 AND left_seq = $2"#,
         group_id,
         seq
     )

@@ -1,9 +1,16 @@
-//! The conversation tables (migration `0003_conversations.sql`).
+//! Every SQL statement of the conversations area (migration
+//! `0003_conversations.sql`): here the conversations, their users and
+//! devices, and the reads that join them; the log and the Welcomes in their
+//! own modules.
+
+pub mod log;
+pub mod welcomes;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::groups::engine::Member;
+use welcomes::WelcomeState;
 
 /// A conversation row, locked for the rest of the transaction.
 pub struct Locked {
@@ -234,22 +241,14 @@ pub async fn set_banned(
     Ok(())
 }
 
-/// Why a commit took devices out of the tree, as fan-out reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a commit took devices out of the tree (`convo_devices.left_reason`),
+/// as fan-out reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum LeftReason {
     Removed,
     Banned,
     Left,
-}
-
-impl LeftReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Removed => "removed",
-            Self::Banned => "banned",
-            Self::Left => "left",
-        }
-    }
 }
 
 /// Makes the device rows equal to the merged tree of the commit at `seq`:
@@ -279,7 +278,7 @@ pub async fn sync_members(
         &leaves,
         &devices,
         seq,
-        reason.as_str(),
+        reason as LeftReason,
     )
     .execute(&mut *tx)
     .await?;
@@ -321,22 +320,6 @@ pub async fn sync_members(
     Ok(())
 }
 
-/// Whether the user holds a leaf in the conversation now.
-pub async fn is_current_member(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    did: &str,
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT EXISTS (SELECT 1 FROM convo_devices
-           WHERE convo_id = $1 AND did = $2 AND left_at IS NULL) AS "exists!""#,
-        group_id,
-        did
-    )
-    .fetch_one(db)
-    .await
-}
-
 /// The devices holding a leaf now.
 pub async fn current_device_ids(
     db: &mut PgConnection,
@@ -375,154 +358,81 @@ pub async fn current_members(
     .await
 }
 
-// ---- the log ----------------------------------------------------------------
+// ---- reads for listings -------------------------------------------------------
 
-/// One log entry to append.
-pub struct NewEntry<'a> {
-    pub seq: i64,
-    pub id: &'a str,
-    pub epoch: i64,
-    pub kind: &'a str,
-    pub payload: &'a [u8],
-    pub payload_hash: &'a [u8],
-    pub sender: Option<&'a str>,
-    pub proposed_removal: Option<i32>,
-}
-
-/// Appends an entry; returns when it was accepted.
-pub async fn append(
-    tx: &mut PgConnection,
-    group_id: &[u8],
-    entry: &NewEntry<'_>,
-) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "INSERT INTO convo_messages (convo_id, seq, id, epoch, kind, payload, payload_hash, \
-                                     sender, proposed_removal) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
-        group_id,
-        entry.seq,
-        entry.id,
-        entry.epoch,
-        entry.kind,
-        entry.payload,
-        entry.payload_hash,
-        entry.sender,
-        entry.proposed_removal,
-    )
-    .fetch_one(tx)
-    .await
-}
-
-/// An entry already in the log, for answering a resubmission.
-pub struct Previous {
-    pub seq: i64,
-    pub epoch: i64,
-    pub kind: String,
-    pub payload_hash: Vec<u8>,
-    pub sender: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// The commit or proposal with these bytes, if the log has it.
-pub async fn find_handshake(
+/// One page of getConvos: the user's current conversations, newest first,
+/// strictly before the `(created_at, group_id)` cursor when there is one;
+/// at most `limit`.
+pub async fn convos_of(
     db: &mut PgConnection,
-    group_id: &[u8],
-    payload_hash: &[u8],
-) -> Result<Option<Previous>, sqlx::Error> {
-    sqlx::query_as!(
-        Previous,
-        "SELECT seq, epoch, kind, payload_hash, sender, created_at FROM convo_messages \
-         WHERE convo_id = $1 AND payload_hash = $2 AND kind <> 'application'",
-        group_id,
-        payload_hash
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// The entry with this id, if any.
-pub async fn find_by_id(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    id: &str,
-) -> Result<Option<Previous>, sqlx::Error> {
-    sqlx::query_as!(
-        Previous,
-        "SELECT seq, epoch, kind, payload_hash, sender, created_at FROM convo_messages \
-         WHERE convo_id = $1 AND id = $2",
-        group_id,
-        id
-    )
-    .fetch_optional(db)
-    .await
-}
-
-/// The leaves that self-remove proposals of `epoch` ask to remove.
-pub async fn proposed_removals(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    epoch: i64,
-) -> Result<Vec<i32>, sqlx::Error> {
-    let rows = sqlx::query_scalar!(
-        "SELECT proposed_removal FROM convo_messages \
-         WHERE convo_id = $1 AND epoch = $2 AND kind = 'proposal'",
-        group_id,
-        epoch
-    )
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().flatten().collect())
-}
-
-/// A log entry as read.
-pub struct Entry {
-    pub seq: i64,
-    pub id: String,
-    pub epoch: i64,
-    pub kind: String,
-    pub payload: Vec<u8>,
-    pub sender: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// Entries with `after < seq <= upto`, ascending, at most `limit`.
-pub async fn read_log(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    after: i64,
-    upto: i64,
+    did: &str,
+    before: Option<(DateTime<Utc>, &[u8])>,
     limit: i64,
-) -> Result<Vec<Entry>, sqlx::Error> {
+) -> Result<Vec<Convo>, sqlx::Error> {
+    let (before_time, before_id) = before.unzip();
     sqlx::query_as!(
-        Entry,
-        "SELECT seq, id, epoch, kind, payload, sender, created_at FROM convo_messages \
-         WHERE convo_id = $1 AND seq > $2 AND seq <= $3 ORDER BY seq LIMIT $4",
-        group_id,
-        after,
-        upto,
-        limit
+        Convo,
+        "SELECT c.group_id, c.cipher_suite, c.creator, c.name, c.description, c.epoch, c.last_seq, \
+                c.created_at, c.last_message_at \
+         FROM convos c JOIN convo_users u ON u.convo_id = c.group_id \
+         WHERE u.did = $1 AND u.left_at IS NULL \
+           AND ($2::timestamptz IS NULL OR (c.created_at, c.group_id) < ($2, $3)) \
+         ORDER BY c.created_at DESC, c.group_id DESC LIMIT $4",
+        did,
+        before_time,
+        before_id.unwrap_or_default(),
+        limit,
     )
     .fetch_all(db)
     .await
 }
 
-// ---- KeyPackages ------------------------------------------------------------
+/// A conversation where a device is expected, as getExpectedConversations
+/// needs it.
+pub struct Expected {
+    pub group_id: Vec<u8>,
+    pub epoch: i64,
+    pub left_at: Option<DateTime<Utc>>,
+    /// The device holds a leaf now.
+    pub has_leaf: bool,
+    /// A Welcome waits for the device: available, or in flight within its
+    /// window.
+    pub welcome_pending: bool,
+}
 
-/// Marks a KeyPackage used by an accepted commit of `group_id`; `None` if it
-/// was never published here, has expired, or another commit used it
-/// (last-resort ones may be used again). Returns its device.
-pub async fn use_key_package(
-    tx: &mut PgConnection,
-    key_package_ref: &[u8],
-    group_id: &[u8],
-) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "UPDATE key_packages SET used_at = now(), used_in = $2 \
-         WHERE key_package_ref = $1 AND expires_at > now() AND (last_resort OR used_at IS NULL) \
-         RETURNING device_id",
-        key_package_ref,
-        group_id,
+/// One page of getExpectedConversations: the user's conversations that are
+/// not banned and current or left after `left_after`, by group id after
+/// `after`; at most `limit`. The device's leaf and Welcome are subqueries,
+/// so a page is one statement however many conversations it holds.
+pub async fn expected(
+    db: &mut PgConnection,
+    did: &str,
+    device_id: &str,
+    left_after: DateTime<Utc>,
+    after: &[u8],
+    limit: i64,
+) -> Result<Vec<Expected>, sqlx::Error> {
+    sqlx::query_as!(
+        Expected,
+        r#"SELECT c.group_id, c.epoch, u.left_at,
+                  EXISTS (SELECT 1 FROM convo_devices d WHERE d.convo_id = c.group_id
+                          AND d.device_id = $2 AND d.left_at IS NULL) AS "has_leaf!",
+                  EXISTS (SELECT 1 FROM welcomes w WHERE w.convo_id = c.group_id
+                          AND w.device_id = $2
+                          AND (w.state = $6 OR (w.state = $7 AND w.in_flight_until > now())))
+                    AS "welcome_pending!"
+           FROM convo_users u JOIN convos c ON c.group_id = u.convo_id
+           WHERE u.did = $1 AND u.banned_at IS NULL
+             AND (u.left_at IS NULL OR u.left_at > $3) AND c.group_id > $4
+           ORDER BY c.group_id LIMIT $5"#,
+        did,
+        device_id,
+        left_after,
+        after,
+        limit,
+        WelcomeState::Available as WelcomeState,
+        WelcomeState::InFlight as WelcomeState,
     )
-    .fetch_optional(tx)
+    .fetch_all(db)
     .await
 }
