@@ -48,6 +48,9 @@ pub struct Device<S = MemoryStorage> {
     mls: Installation<S>,
     /// Per conversation (by convo id): how far this device has read the log.
     logs: HashMap<String, LogPosition>,
+    /// Application messages applied but not yet returned (a read that
+    /// failed midway keeps them here), with their convo ids.
+    inbox: Vec<(String, Received)>,
 }
 /// Where a device stands in one conversation's log.
 #[derive(Debug, Default)]
@@ -113,6 +116,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             client,
             mls,
             logs: HashMap::new(),
+            inbox: Vec::new(),
         })
     }
 
@@ -381,10 +385,18 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
 
     /// Reads the log from where this device stopped and applies it: commits
     /// are merged, proposals kept for the commit that covers them, and
-    /// application messages decrypted and returned in log order.
+    /// application messages decrypted and returned in log order. If the
+    /// read fails midway, what was applied is not lost: it is returned by
+    /// the next successful `sync` (or [`Self::follow`](crate::realtime)).
     pub async fn sync(&mut self, convo: &str) -> Result<Vec<Received>, DeviceError> {
+        self.read_log(convo).await?;
+        Ok(self.take_received(convo))
+    }
+
+    /// Applies the log after the last applied entry, up to its end,
+    /// leaving what it decrypted in the inbox.
+    pub(crate) async fn read_log(&mut self, convo: &str) -> Result<(), DeviceError> {
         let mut group = self.group(convo)?;
-        let mut received = Vec::new();
         loop {
             let since = self.log(convo).last_seq;
             let params = get_messages::Params {
@@ -394,36 +406,59 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             };
             let page = self.client.get_messages(&params).await?;
             for entry in &page.messages {
-                received.extend(self.apply_next(convo, &mut group, entry)?);
+                self.apply_next(convo, &mut group, entry)?;
                 if !group.is_active() {
                     // Removed from the group: nothing later is for this device.
-                    return Ok(received);
+                    return Ok(());
                 }
             }
             // Also covers entries the service no longer holds (gapInfo).
             let log = self.log(convo);
             log.last_seq = log.last_seq.max(page.last_seq);
             if page.last_seq <= since {
-                return Ok(received);
+                return Ok(());
             }
         }
     }
 
     /// Applies the entry after the last one applied (unless this device
-    /// submitted it, and so applied it already) and moves past it.
+    /// submitted it, and so applied it already) and moves past it; a
+    /// decrypted message waits in the inbox until it is taken.
     pub(crate) fn apply_next(
         &mut self,
         convo: &str,
         group: &mut MlsGroup,
         entry: &MessageView,
-    ) -> Result<Option<Received>, DeviceError> {
-        let received = if self.log(convo).own.remove(&entry.seq) {
-            None
-        } else {
-            self.apply(group, entry)?
-        };
+    ) -> Result<(), DeviceError> {
+        if !self.log(convo).own.remove(&entry.seq)
+            && let Some(received) = self.apply(group, entry)?
+        {
+            self.inbox.push((convo.to_owned(), received));
+        }
         self.log(convo).last_seq = entry.seq;
-        Ok(received)
+        Ok(())
+    }
+
+    /// The decrypted messages of `convo` not yet returned, in log order.
+    fn take_received(&mut self, convo: &str) -> Vec<Received> {
+        let (taken, kept) = std::mem::take(&mut self.inbox)
+            .into_iter()
+            .partition(|(c, _)| c == convo);
+        self.inbox = kept;
+        taken.into_iter().map(|(_, received)| received).collect()
+    }
+
+    /// Every decrypted message not yet returned, by conversation, each in
+    /// log order.
+    pub(crate) fn take_all_received(&mut self) -> Vec<(String, Vec<Received>)> {
+        let mut by_convo: Vec<(String, Vec<Received>)> = Vec::new();
+        for (convo, received) in std::mem::take(&mut self.inbox) {
+            match by_convo.iter_mut().find(|(c, _)| *c == convo) {
+                Some((_, list)) => list.push(received),
+                None => by_convo.push((convo, vec![received])),
+            }
+        }
+        by_convo
     }
 
     /// Applies one log entry; returns the plaintext of an application message.

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use catbird_generated::lexicons::blue::catbird::mls::Client;
+use catbird_generated::runtime::xrpc::XrpcClient;
 use catbird_generated::runtime::{Did, Handle};
 use sha2::{Digest, Sha256};
 
@@ -190,6 +192,20 @@ pub fn mint_token(
     };
     jwt::sign(&claims, &identity.key)
 }
+
+/// The generated client of the service at `url` (its DID `service`),
+/// acting as `identity`: every call carries a fresh token for its method.
+pub fn service_client(url: &str, identity: &LocalIdentity, service: &Did) -> Client {
+    let identity = identity.clone();
+    let audience = service.clone();
+    let xrpc = XrpcClient::new(url.to_owned()).with_token_source(move |method| {
+        Some(mint_token(&identity, &audience, method, TOKEN_LIFETIME))
+    });
+    Client::new(xrpc)
+}
+
+/// How long the tokens of [`service_client`] are valid: one call's time.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
 /// 128 random bits, base64url. Falls back to time and a counter if the
 /// system generator fails, so a token can always be minted; uniqueness, not

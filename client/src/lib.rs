@@ -30,7 +30,9 @@ pub mod story;
 
 pub use device::{Change, Device, LocalMember, Received};
 pub use error::DeviceError;
-pub use identity::{LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token};
+pub use identity::{
+    LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token, service_client,
+};
 pub use installation::{Installation, Provider, StagedMessages, staged_messages, to_bytes};
 pub use mls::SUITE;
 pub use realtime::{ConvoEvents, Event};

@@ -68,39 +68,40 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
     /// contract: nothing is applied twice, and a gap is read with
     /// getMessages before what follows it.
     pub async fn follow(&mut self, message: Message) -> Result<Vec<Event>, DeviceError> {
-        match message {
+        let mut events = match message {
             Message::LogEntry(entry) => {
                 let entry = entry.message;
                 let convo = entry.convo_id.clone();
-                if !self.is_in(&convo) || entry.seq <= self.last_seq(&convo) {
-                    return Ok(Vec::new());
+                if self.is_in(&convo) && entry.seq > self.last_seq(&convo) {
+                    if entry.seq == self.last_seq(&convo) + 1 {
+                        let mut group = self.group(&convo)?;
+                        self.apply_next(&convo, &mut group, &entry)?;
+                    } else {
+                        // Entries were missed: the log has them, this one too.
+                        self.read_log(&convo).await?;
+                    }
                 }
-                let messages = if entry.seq == self.last_seq(&convo) + 1 {
-                    let mut group = self.group(&convo)?;
-                    self.apply_next(&convo, &mut group, &entry)?
-                        .into_iter()
-                        .collect()
-                } else {
-                    // Entries were missed: the log has them, this one too.
-                    self.sync(&convo).await?
-                };
-                Ok(received(convo, messages))
+                Vec::new()
             }
             Message::CatchUp(catch_up) => {
                 let mut events = Vec::new();
                 for head in catch_up.convos {
                     events.extend(self.catch_up(&head.convo_id, head.last_seq).await?);
                 }
-                Ok(events)
+                events
             }
-            Message::Welcome(welcome) => self.catch_up(&welcome.convo_id, welcome.commit_seq).await,
-            Message::Membership(change) => Ok(vec![Event::Membership(change)]),
-            Message::Ephemeral(ephemeral) => {
-                Ok(self.open_ephemeral(ephemeral)?.into_iter().collect())
+            Message::Welcome(welcome) => {
+                self.catch_up(&welcome.convo_id, welcome.commit_seq).await?
             }
-            Message::Info(info) => Ok(vec![Event::Info(info)]),
-            Message::Unknown(_) => Ok(Vec::new()),
-        }
+            Message::Membership(change) => vec![Event::Membership(change)],
+            Message::Ephemeral(ephemeral) => self.open_ephemeral(ephemeral)?.into_iter().collect(),
+            Message::Info(info) => vec![Event::Info(info)],
+            Message::Unknown(_) => Vec::new(),
+        };
+        // Whatever was decrypted, also by an earlier call that failed midway.
+        let received = self.take_all_received().into_iter();
+        events.extend(received.map(|(convo, messages)| Event::Received { convo, messages }));
+        Ok(events)
     }
 
     /// Brings `convo` up to `head`: joins it from its Welcome if this
@@ -115,7 +116,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             });
         }
         if head > self.last_seq(convo) {
-            events.extend(received(convo.to_owned(), self.sync(convo).await?));
+            self.read_log(convo).await?;
         }
         Ok(events)
     }
@@ -145,13 +146,5 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             }),
             _ => None,
         })
-    }
-}
-
-fn received(convo: String, messages: Vec<Received>) -> Vec<Event> {
-    if messages.is_empty() {
-        Vec::new()
-    } else {
-        vec![Event::Received { convo, messages }]
     }
 }

@@ -5,11 +5,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use catbird_generated::lexicons::blue::catbird::mls::{Client, get_epoch};
 use catbird_generated::runtime::Did;
-use catbird_generated::runtime::xrpc::{ClientError, XrpcClient};
+use catbird_generated::runtime::xrpc::ClientError;
 
 use catbird_mls_core::auth::Algorithm;
 
@@ -182,17 +181,7 @@ async fn talk(
 
 /// A generated client acting as `identity`, with a fresh token per call.
 pub fn client_for(identity: &LocalIdentity, options: &Options) -> Client {
-    let identity = identity.clone();
-    let audience = options.service_did.clone();
-    let xrpc = XrpcClient::new(options.url.clone()).with_token_source(move |method| {
-        Some(identity::mint_token(
-            &identity,
-            &audience,
-            method,
-            Duration::from_secs(60),
-        ))
-    });
-    Client::new(xrpc)
+    identity::service_client(&options.url, identity, &options.service_did)
 }
 
 /// Short names for the story's DIDs: `alice#phone` rather than the DID.

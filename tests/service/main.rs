@@ -21,4 +21,5 @@ mod operator;
 mod rate_limits;
 mod realtime;
 mod rejoin;
+mod replicas;
 mod welcomes;

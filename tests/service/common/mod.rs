@@ -19,7 +19,7 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::MessageView;
 use catbird_generated::lexicons::blue::catbird::mls::{Client, get_messages};
 use catbird_generated::runtime::xrpc::ClientError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
-use catbird_generated::runtime::xrpc::{XrpcClient, reqwest};
+use catbird_generated::runtime::xrpc::reqwest;
 use catbird_generated::runtime::{DeclaredError, Did};
 use catbird_mls::app;
 use catbird_mls::config::ServeConfig;
@@ -119,17 +119,7 @@ impl TestApp {
 
     /// The generated client, acting as `user` (a fresh token per call).
     pub fn client(&self, user: &LocalIdentity) -> Client {
-        let user = user.clone();
-        let audience = Did::new(SERVICE_DID).unwrap();
-        let xrpc = XrpcClient::new(self.url("")).with_token_source(move |nsid| {
-            Some(client::mint_token(
-                &user,
-                &audience,
-                nsid,
-                Duration::from_secs(60),
-            ))
-        });
-        Client::new(xrpc)
+        client::service_client(&self.url(""), user, &Did::new(SERVICE_DID).unwrap())
     }
 
     /// A plain HTTP client, for exact status, header and body checks.

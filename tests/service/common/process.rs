@@ -83,17 +83,20 @@ impl ServerProcess {
     }
 
     /// SIGKILL: the process dies at once, mid-request.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    pub fn kill(&self) {
+        self.signal("-KILL");
     }
 
     pub fn terminate(&self) {
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("running kill");
-        assert!(status.success(), "kill -TERM failed: {status}");
+        assert!(status.success(), "kill {signal} failed: {status}");
     }
 
     /// Whether a new TCP connection is refused.
