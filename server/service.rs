@@ -188,6 +188,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(add_members::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -208,6 +209,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(commit_group_change::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -228,7 +230,10 @@ impl mls::Handler for Service {
             input.error_details.as_deref(),
         )
         .await?;
-        Ok(confirm_welcome::Output { state })
+        Ok(confirm_welcome::Output {
+            extra: Default::default(),
+            state,
+        })
     }
 
     async fn create_convo(
@@ -245,7 +250,10 @@ impl mls::Handler for Service {
             input.metadata.as_ref(),
         )
         .await?;
-        Ok(create_convo::Output { convo })
+        Ok(create_convo::Output {
+            extra: Default::default(),
+            convo,
+        })
     }
 
     async fn get_convos(&self, caller: Caller, params: get_convos::Params) -> get_convos::Response {
@@ -256,13 +264,18 @@ impl mls::Handler for Service {
             params.cursor.as_deref(),
         )
         .await?;
-        Ok(get_convos::Output { convos, cursor })
+        Ok(get_convos::Output {
+            extra: Default::default(),
+            convos,
+            cursor,
+        })
     }
 
     async fn get_epoch(&self, caller: Caller, params: get_epoch::Params) -> get_epoch::Response {
         let group_id = convos::group_id(&params.convo_id)?;
         let epoch = log::epoch(&self.state.db, &caller.did, &group_id, &self.state.convos).await?;
         Ok(get_epoch::Output {
+            extra: Default::default(),
             convo_id: params.convo_id,
             epoch,
         })
@@ -284,6 +297,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_expected_conversations::Output {
+            extra: Default::default(),
             conversations,
             cursor,
         })
@@ -306,6 +320,7 @@ impl mls::Handler for Service {
         .in_convo(&params.convo_id);
         audit::record(&self.state.db, event).await;
         Ok(get_group_info::Output {
+            extra: Default::default(),
             group_info: group_info.into(),
             epoch,
             expires_at: expires_at.map(Datetime::from),
@@ -331,6 +346,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_key_package_status::Output {
+            extra: Default::default(),
             device_id: params.device_id,
             available: status.available,
             last_resort: status.last_resort,
@@ -364,6 +380,7 @@ impl mls::Handler for Service {
         let fetched =
             keypackages::fetch(&self.state.db, &caller.did, &params.dids, &suite, &skip).await?;
         Ok(get_key_packages::Output {
+            extra: Default::default(),
             key_packages: fetched.key_packages,
             missing: fetched.missing,
         })
@@ -385,6 +402,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_messages::Output {
+            extra: Default::default(),
             messages: page.messages,
             last_seq: page.last_seq,
             gap_info: page.gap_info,
@@ -406,6 +424,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_welcome::Output {
+            extra: Default::default(),
             convo_id: params.convo_id,
             welcome: fetched.welcome.into(),
             state: fetched.state_before,
@@ -430,6 +449,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(leave_convo::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -457,6 +477,7 @@ impl mls::Handler for Service {
             metrics::counter!("external_commit_success_total").increment(1);
         }
         Ok(process_external_commit::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
             rejoined_at: Datetime::from(accepted.accepted_at),
@@ -486,6 +507,7 @@ impl mls::Handler for Service {
         let stored =
             keypackages::publish(&self.state.db, &self.state.key_packages, &packages).await?;
         Ok(publish_key_packages::Output {
+            extra: Default::default(),
             key_packages: stored,
         })
     }
@@ -509,6 +531,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(remove_member::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -529,6 +552,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(send_message::Output {
+            extra: Default::default(),
             message_id: input.msg_id,
             received_at: Datetime::from(sent.received_at),
             seq: sent.seq,

@@ -80,6 +80,7 @@ async fn the_generated_client_authenticates_every_call(pool: PgPool) {
 
     let published = client
         .publish_key_package(&publish_key_package::Input {
+            extra: Default::default(),
             key_package: device.key_package(),
             idempotency_key: None,
         })

@@ -93,6 +93,7 @@ fn outcomes(metrics: &Metrics, nsid: &str, outcome: &str) -> f64 {
 /// publishKeyPackage's input with a fresh KeyPackage of `user`'s phone.
 fn publish_with_key(user: &LocalIdentity, key: &str) -> publish_key_package::Input {
     publish_key_package::Input {
+        extra: Default::default(),
         key_package: Device::new(&user.did, "phone").key_package(),
         idempotency_key: Some(key.to_owned()),
     }
@@ -140,6 +141,7 @@ async fn retries_with_one_key_execute_once_and_get_the_same_bytes(pool: PgPool) 
 
     let carols_laptop = Device::new(&carol.did, "laptop");
     let publish = publish_key_package::Input {
+        extra: Default::default(),
         key_package: carols_laptop.key_package(),
         idempotency_key: Some("publish-1".into()),
     };

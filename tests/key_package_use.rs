@@ -271,6 +271,7 @@ impl Committer {
             .export_group_info(provider.crypto(), &identity.signer, true)
             .unwrap();
         let input = create_convo::Input {
+            extra: Default::default(),
             group_id: to_hex(&id),
             cipher_suite: CipherSuite::Mls128Dhkemx25519Aes128gcmSha256Ed25519,
             group_info: Bytes(group_info.tls_serialize_detached().unwrap()),
@@ -332,6 +333,7 @@ impl Committer {
             Bytes(message.tls_serialize_detached().unwrap())
         };
         let input = add_members::Input {
+            extra: Default::default(),
             convo_id: self.convo.clone(),
             commit: serialize(&commit),
             welcome: serialize(&welcome.expect("a commit with an add has a Welcome")),
@@ -389,7 +391,10 @@ async fn publish(
     user: &LocalIdentity,
     key_packages: Vec<Bytes>,
 ) -> catbird_generated::lexicons::blue::catbird::mls::defs::KeyPackageInfo {
-    let input = publish_key_packages::Input { key_packages };
+    let input = publish_key_packages::Input {
+        extra: Default::default(),
+        key_packages,
+    };
     let published = app.client(user).publish_key_packages(&input).await.unwrap();
     published.key_packages.into_iter().next().unwrap()
 }
@@ -470,6 +475,7 @@ async fn join_with_welcome(
         .into_group(&device.provider)
         .unwrap();
     let input = confirm_welcome::Input {
+        extra: Default::default(),
         convo_id: convo.to_owned(),
         device_id: device.id.clone(),
         success: true,

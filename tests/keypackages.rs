@@ -23,6 +23,7 @@ use sqlx::PgPool;
 
 fn publish_input(key_package: Bytes) -> publish_key_package::Input {
     publish_key_package::Input {
+        extra: Default::default(),
         key_package,
         idempotency_key: None,
     }
@@ -180,6 +181,7 @@ async fn a_batch_is_all_or_nothing(pool: PgPool) {
     let message = assert_declared(
         client
             .publish_key_packages(&publish_key_packages::Input {
+                extra: Default::default(),
                 key_packages: batch.clone(),
             })
             .await,
@@ -192,6 +194,7 @@ async fn a_batch_is_all_or_nothing(pool: PgPool) {
     batch[3] = phone.key_package();
     let stored = client
         .publish_key_packages(&publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: batch,
         })
         .await
@@ -212,6 +215,7 @@ async fn a_device_cannot_hoard_key_packages(pool: PgPool) {
     let client = app.client(&alice);
     let phone = Device::new(&alice.did, "phone");
     let publish = |count: usize| publish_key_packages::Input {
+        extra: Default::default(),
         key_packages: (0..count).map(|_| phone.key_package()).collect(),
     };
 
@@ -266,6 +270,7 @@ async fn status_counts_what_a_device_has_left(pool: PgPool) {
         .chain([phone.last_resort_key_package()]);
     client
         .publish_key_packages(&publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: batch.collect(),
         })
         .await
@@ -314,7 +319,10 @@ async fn publish_for(client: &Client, devices: &[&Device], count: usize) {
     for device in devices {
         let key_packages = (0..count).map(|_| device.key_package()).collect();
         client
-            .publish_key_packages(&publish_key_packages::Input { key_packages })
+            .publish_key_packages(&publish_key_packages::Input {
+                extra: Default::default(),
+                key_packages,
+            })
             .await
             .unwrap();
     }

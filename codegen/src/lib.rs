@@ -39,6 +39,8 @@ mod pipeline {
     /// output crate's root.
     pub struct Generated {
         pub files: write::FileSet,
+        /// Names the planner chose to avoid a collision (never errors).
+        pub notes: Vec<crate::diagnostics::Diagnostic>,
     }
 
     /// Runs the whole pipeline over a lexicon directory. Every problem found
@@ -54,6 +56,8 @@ mod pipeline {
             Diagnostics::single(lexicon_dir, "", format!("cannot read lexicons: {e}"))
         })?;
         let files = emit::emit(&catalog, &plan, &digest);
-        Ok(Generated { files })
+        let mut notes = plan.notes.clone();
+        notes.sort();
+        Ok(Generated { files, notes })
     }
 }

@@ -79,6 +79,5 @@ cases! {
     const_violates_schema => "const-violates-schema",
     enum_default_not_in_enum => "enum-default-not-in-enum",
     params_bad_type => "params-bad-type",
-    name_collision => "name-collision",
     several_problems_are_all_reported => "several-problems",
 }

@@ -141,7 +141,10 @@ impl Device {
             .map(|_| self.key_package(false))
             .collect::<Result<Vec<_>, _>>()?;
         key_packages.push(self.key_package(true)?);
-        let input = publish_key_packages::Input { key_packages };
+        let input = publish_key_packages::Input {
+            extra: Default::default(),
+            key_packages,
+        };
         Ok(self.client.publish_key_packages(&input).await?.key_packages)
     }
 
@@ -181,10 +184,12 @@ impl Device {
             .export_group_info(self.provider.crypto(), &self.signer, true)
             .map_err(mls("exporting the GroupInfo"))?;
         let input = create_convo::Input {
+            extra: Default::default(),
             group_id: to_hex(group_id.as_slice()),
             cipher_suite: lexicon_suite(),
             group_info: to_bytes(&group_info)?,
             metadata: Some(ConvoMetadata {
+                extra: Default::default(),
                 name: Some(name.to_owned()),
                 description: None,
             }),
@@ -215,6 +220,7 @@ impl Device {
         let fetched = self.client.get_welcome(&params).await?;
         let joined = self.group_from_welcome(&fetched.welcome);
         let confirmation = confirm_welcome::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             device_id: self.id.to_string(),
             success: joined.is_ok(),
@@ -334,6 +340,7 @@ impl Device {
             .export_group_info(self.provider.crypto(), &self.signer, true)
             .map_err(mls("exporting the GroupInfo"))?;
         let input = process_external_commit::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             external_commit: to_bytes(bundle.commit())?,
             group_info: to_bytes(&new_group_info)?,
@@ -352,6 +359,7 @@ impl Device {
             .create_message(&self.provider, &self.signer, text.as_bytes())
             .map_err(mls("encrypting a message"))?;
         let input = send_message::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             msg_id: self.message_id()?,
             ciphertext: to_bytes(&ciphertext)?,
@@ -478,6 +486,7 @@ impl Device {
         let submitted = match staged.welcome {
             Some(welcome) => {
                 let input = add_members::Input {
+                    extra: Default::default(),
                     convo_id: convo.to_owned(),
                     commit: staged.commit,
                     welcome,
@@ -544,6 +553,7 @@ impl Device {
 
         let staged = self.stage_commit(&mut group, Change::Remove(leaves))?;
         let input = remove_member::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             did: did.clone(),
             commit: staged.commit,
@@ -563,6 +573,7 @@ impl Device {
         let mut group = self.group(convo)?;
         let staged = self.stage_commit(&mut group, Change::SelfUpdate)?;
         let input = commit_group_change::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: staged.commit,
             group_info: staged.group_info,
@@ -582,6 +593,7 @@ impl Device {
             .leave_group(&self.provider, &self.signer)
             .map_err(mls("proposing to leave"))?;
         let input = leave_convo::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             proposal: to_bytes(&proposal)?,
         };

@@ -67,6 +67,7 @@ impl Joiner {
             .export_group_info(provider.crypto(), &self.identity.signer, true)
             .unwrap();
         let input = process_external_commit::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             external_commit: Bytes(bundle.commit().tls_serialize_detached().unwrap()),
             group_info: Bytes(new_group_info.tls_serialize_detached().unwrap()),

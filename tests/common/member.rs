@@ -67,6 +67,7 @@ impl Member {
 
     pub async fn publish_key_package(&self) {
         let input = publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: vec![self.mls.key_package()],
         };
         self.client.publish_key_packages(&input).await.unwrap();
@@ -91,10 +92,12 @@ impl Member {
         )
         .unwrap();
         create_convo::Input {
+            extra: Default::default(),
             group_id: to_hex(group.group_id().as_slice()),
             cipher_suite: CipherSuite::Mls128Dhkemx25519Aes128gcmSha256Ed25519,
             group_info: self.exported_group_info(&group),
             metadata: Some(ConvoMetadata {
+                extra: Default::default(),
                 name: Some("test".to_owned()),
                 description: None,
             }),
@@ -153,6 +156,7 @@ impl Member {
             .unwrap();
         let (commit, welcome, group_info) = bundle.into_messages();
         add_members::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: to_bytes(&commit),
             welcome: to_bytes(&welcome.expect("a Welcome for the added device")),
@@ -183,6 +187,7 @@ impl Member {
             .into_group(&self.mls.provider)
             .unwrap();
         let confirmation = confirm_welcome::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             device_id,
             success: true,
@@ -304,6 +309,7 @@ impl Member {
         group_info: Vec<u8>,
     ) -> Result<commit_group_change::Output, ClientError<commit_group_change::Error>> {
         let input = commit_group_change::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: Bytes(commit),
             group_info: Bytes(group_info),
@@ -383,6 +389,7 @@ impl Member {
         let sent = self.messages_sent.get() + 1;
         self.messages_sent.set(sent);
         send_message::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             msg_id: format!("{}-{sent}", self.mls.id),
             ciphertext: to_bytes(&ciphertext),

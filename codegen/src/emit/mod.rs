@@ -10,7 +10,7 @@ use quote::{format_ident, quote};
 
 use crate::digest::DIGEST_MARKER;
 use crate::model::*;
-use crate::plan::{self, Plan, snake_ident, token_const_name, union_variants, value_variants};
+use crate::plan::{self, Plan, union_variants, value_variants};
 use crate::resolve::Catalog;
 use crate::write::FileSet;
 
@@ -247,6 +247,25 @@ struct ModuleEmitter<'a> {
     items: Vec<TokenStream>,
 }
 
+/// What an object struct is for: query parameters are closed (no undeclared
+/// fields), a record also carries its `$type`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    Params,
+    Open,
+    Record,
+}
+
+/// Whether a field holds lexicon integers (an integer, or arrays of them),
+/// which read integral floats leniently.
+fn holds_integers(field: &Field) -> bool {
+    match &field.ty {
+        FieldType::Integer(_) => true,
+        FieldType::Array(a) => holds_integers(&a.items),
+        _ => false,
+    }
+}
+
 /// How a property is held in its struct.
 enum Presence {
     Required,
@@ -317,7 +336,7 @@ impl<'a> ModuleEmitter<'a> {
                     /// The collection NSID of this record type.
                     pub const NSID: &str = #id;
                 });
-                let name = self.object(&r.object, r.description.as_deref());
+                let name = self.object(&r.object, r.description.as_deref(), ObjectKind::Record);
                 let key = match r.key.as_str() {
                     "tid" => quote!(crate::runtime::RecordKeyType::Tid),
                     "nsid" => quote!(crate::runtime::RecordKeyType::Nsid),
@@ -335,10 +354,10 @@ impl<'a> ModuleEmitter<'a> {
                 });
             }
             Def::Object(o) => {
-                self.object(o, o.description.as_deref());
+                self.object(o, o.description.as_deref(), ObjectKind::Open);
             }
             Def::Token(t) => {
-                let name = format_ident!("{}", token_const_name(id, &def.name));
+                let name = ident(self.plan.type_name(id, &def.pointer));
                 let value = type_tag(&format!("{id}#{}", def.name));
                 let docs = doc_attrs(t.description.as_deref());
                 self.items.push(quote! {
@@ -423,6 +442,7 @@ impl<'a> ModuleEmitter<'a> {
                             .as_deref()
                             .unwrap_or("The method's query parameters."),
                     ),
+                    ObjectKind::Params,
                 );
             }
             None => self.items.push(quote! {
@@ -589,7 +609,7 @@ impl<'a> ModuleEmitter<'a> {
                 quote!(Vec<#item>)
             }
             FieldType::Object(o) => {
-                let name = self.object(o, description);
+                let name = self.object(o, description, ObjectKind::Open);
                 quote!(#name)
             }
             FieldType::Ref(target) => self.ref_type(target),
@@ -626,15 +646,16 @@ impl<'a> ModuleEmitter<'a> {
 
     /// A struct for an object, its `Validate` impl and default values.
     /// Returns its name.
-    fn object(&mut self, object: &Object, description: Option<&str>) -> Ident {
+    fn object(&mut self, object: &Object, description: Option<&str>, kind: ObjectKind) -> Ident {
         let name = ident(self.plan.type_name(&self.doc.id, &object.pointer));
         let mut fields = Vec::new();
         let mut defaults = Vec::new();
         let mut checks = Vec::new();
         let mut uses = Uses::default();
         for p in &object.properties {
-            let field_ident = ident(&snake_ident(&p.name));
+            let field_ident = ident(self.plan.field_name(&self.doc.id, &p.field.pointer));
             let ty = self.field_type(&p.field, None);
+            let integer = holds_integers(&p.field);
             let presence = self.presence(p, &ty);
             let docs = doc_attrs(p.field.description.as_deref());
             let serde_name = &p.name;
@@ -643,22 +664,42 @@ impl<'a> ModuleEmitter<'a> {
                 serde_attrs.push(quote!(rename = #serde_name));
             }
             let held = match &presence {
-                Presence::Required => ty.clone(),
+                Presence::Required => {
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::required"
+                        ));
+                    }
+                    ty.clone()
+                }
                 Presence::RequiredNullable => {
-                    serde_attrs.push(quote!(
-                        deserialize_with = "crate::runtime::required_nullable"
-                    ));
+                    let with = if integer {
+                        "crate::runtime::integer::nullable"
+                    } else {
+                        "crate::runtime::required_nullable"
+                    };
+                    serde_attrs.push(quote!(deserialize_with = #with));
                     quote!(Option<#ty>)
                 }
                 Presence::Optional => {
+                    let with = if integer {
+                        "crate::runtime::integer::optional"
+                    } else {
+                        "crate::runtime::optional_not_null"
+                    };
                     serde_attrs.push(quote!(
                         default,
-                        deserialize_with = "crate::runtime::optional_not_null",
+                        deserialize_with = #with,
                         skip_serializing_if = "Option::is_none"
                     ));
                     quote!(Option<#ty>)
                 }
                 Presence::OptionalNullable => {
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::tri_state"
+                        ));
+                    }
                     serde_attrs.push(quote!(
                         default,
                         skip_serializing_if = "crate::runtime::TriState::is_absent"
@@ -673,6 +714,11 @@ impl<'a> ModuleEmitter<'a> {
                     let function_ident = format_ident!("{function}");
                     let path = format!("{name}::{function}");
                     serde_attrs.push(quote!(default = #path));
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::required"
+                        ));
+                    }
                     defaults.push(quote! {
                         fn #function_ident() -> #ty {
                             #value
@@ -713,6 +759,26 @@ impl<'a> ModuleEmitter<'a> {
                         #(#statements)*
                     }
                 },
+            });
+        }
+        let (extra, type_tag) = self.plan.special_fields(&self.doc.id, &object.pointer);
+        if kind == ObjectKind::Record {
+            let type_tag = ident(type_tag);
+            fields.insert(
+                0,
+                quote! {
+                    /// The record's `$type`, its collection NSID (always written).
+                    #[serde(rename = "$type", default)]
+                    pub #type_tag: crate::runtime::RecordType<Self>,
+                },
+            );
+        }
+        if kind != ObjectKind::Params {
+            let extra = ident(extra);
+            fields.push(quote! {
+                /// Fields this lexicon version does not declare, kept as received.
+                #[serde(flatten)]
+                pub #extra: crate::runtime::Extra,
             });
         }
         let docs = doc_attrs(description);
@@ -896,7 +962,6 @@ impl<'a> ModuleEmitter<'a> {
         description: Option<&str>,
     ) {
         let variants: Vec<Ident> = value_variants(values, !closed)
-            .expect("the planner checked variant names")
             .iter()
             .map(|v| format_ident!("{v}"))
             .collect();
@@ -973,8 +1038,7 @@ impl<'a> ModuleEmitter<'a> {
     /// A union: an enum over its members, `$type`-tagged in JSON.
     fn union(&mut self, name: &Ident, union: &UnionType, description: Option<&str>) {
         let open = !union.closed;
-        let variant_names =
-            union_variants(&union.refs, open).expect("the planner checked variant names");
+        let variant_names = union_variants(&union.refs, open);
         let variants: Vec<Ident> = variant_names.iter().map(|v| format_ident!("{v}")).collect();
         let types: Vec<TokenStream> = union.refs.iter().map(|r| self.ref_type(r)).collect();
         let tags: Vec<String> = union.refs.iter().map(|r| type_tag(r)).collect();
@@ -999,6 +1063,18 @@ impl<'a> ModuleEmitter<'a> {
         });
         let unknown_serialize =
             open.then(|| quote!(Self::Unknown(value) => value.serialize(serializer),));
+        // A record member writes its own `$type`; any other gets it here.
+        let serialize_arms = union.refs.iter().zip(&variants).zip(&tags).map(|((r, variant), tag)| {
+            let is_record = matches!(
+                self.catalog.get(r).map(|(_, def)| &def.def),
+                Some(Def::Record(_))
+            );
+            if is_record {
+                quote!(Self::#variant(value) => value.serialize(serializer),)
+            } else {
+                quote!(Self::#variant(value) => crate::runtime::serialize_typed(#tag, value, serializer),)
+            }
+        }).collect::<Vec<_>>();
         let unknown_validate = open.then(|| quote!(Self::Unknown(_) => Ok(()),));
         let fallback = if open {
             quote!(_ => Ok(Self::Unknown(object.into_unknown())),)
@@ -1015,7 +1091,7 @@ impl<'a> ModuleEmitter<'a> {
             impl serde::Serialize for #name {
                 fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                     match self {
-                        #(Self::#variants(value) => crate::runtime::serialize_typed(#tags, value, serializer),)*
+                        #(#serialize_arms)*
                         #unknown_serialize
                     }
                 }
@@ -1096,7 +1172,7 @@ fn default_value(field: &Field, ty: &TokenStream) -> Option<TokenStream> {
             Some(match s.value_set() {
                 Some((values, closed)) => {
                     let index = values.iter().position(|v| v == d)?;
-                    let variants = value_variants(values, !closed).ok()?;
+                    let variants = value_variants(values, !closed);
                     let variant = format_ident!("{}", variants[index]);
                     quote!(#ty::#variant)
                 }

@@ -171,7 +171,10 @@ mod tests {
                 r#"{"$bytes":"aGk","$bytes":"aGk"}"#,
                 "duplicate field `$bytes`",
             ),
-            (r#""aGk""#, "expected a byte string or an object {\"$bytes\": base64}"),
+            (
+                r#""aGk""#,
+                "expected a byte string or an object {\"$bytes\": base64}",
+            ),
             (r#"[1,2]"#, "expected a byte string or an object"),
         ];
         for (json, expected) in cases {

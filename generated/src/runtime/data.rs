@@ -390,8 +390,8 @@ mod tests {
         };
         assert_eq!(map["b"], ipld_core::ipld::Ipld::Bytes(vec![1, 2, 3]));
         assert!(matches!(map["l"], ipld_core::ipld::Ipld::Link(_)));
-        let back =
-            deserialize_value(&mut serde_ipld_dagcbor::de::Deserializer::from_slice(&cbor)).unwrap();
+        let back = deserialize_value(&mut serde_ipld_dagcbor::de::Deserializer::from_slice(&cbor))
+            .unwrap();
         assert_eq!(back, value);
     }
 }

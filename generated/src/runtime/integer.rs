@@ -95,7 +95,8 @@ impl Visitor<'_> for IntegerVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, value: f64) -> Result<i64, E> {
-        integer_from_float(value).ok_or_else(|| E::invalid_type(de::Unexpected::Float(value), &self))
+        integer_from_float(value)
+            .ok_or_else(|| E::invalid_type(de::Unexpected::Float(value), &self))
     }
 }
 
@@ -141,10 +142,9 @@ mod tests {
 
     #[test]
     fn integral_floats_are_integers() {
-        let dims = read(
-            r#"{"width":1000.0,"height":2.0,"depth":null,"weight":-3.0,"list":[[1.0,2]]}"#,
-        )
-        .unwrap();
+        let dims =
+            read(r#"{"width":1000.0,"height":2.0,"depth":null,"weight":-3.0,"list":[[1.0,2]]}"#)
+                .unwrap();
         assert_eq!(
             dims,
             Dims {
@@ -165,11 +165,20 @@ mod tests {
         for (json, expected) in [
             (r#"{"width":1.5,"depth":1}"#, "floating point `1.5`"),
             (r#"{"width":"1","depth":1}"#, "expected an integer"),
-            (r#"{"width":1,"height":null,"depth":1}"#, "expected an integer"),
+            (
+                r#"{"width":1,"height":null,"depth":1}"#,
+                "expected an integer",
+            ),
             (r#"{"width":1}"#, "missing field `depth`"),
-            (r#"{"width":1,"depth":1,"list":[[0.5]]}"#, "floating point `0.5`"),
+            (
+                r#"{"width":1,"depth":1,"list":[[0.5]]}"#,
+                "floating point `0.5`",
+            ),
             (r#"{"width":1e300,"depth":1}"#, "floating point"),
-            (r#"{"width":18446744073709551615,"depth":1}"#, "an i64 integer"),
+            (
+                r#"{"width":18446744073709551615,"depth":1}"#,
+                "an i64 integer",
+            ),
         ] {
             let error = read(json).unwrap_err();
             assert!(error.contains(expected), "{json}: {error}");

@@ -4,7 +4,6 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-
 use crate::runtime::{Nsid, RecordKey, Tid};
 
 /// A type defined by a lexicon `record`; the generator implements it.
@@ -117,7 +116,10 @@ mod tests {
             serde_json::to_string(&tag).unwrap(),
             r#""app.bsky.actor.profile""#
         );
-        for ok in [r#""app.bsky.actor.profile""#, r#""app.bsky.actor.profile#main""#] {
+        for ok in [
+            r#""app.bsky.actor.profile""#,
+            r#""app.bsky.actor.profile#main""#,
+        ] {
             serde_json::from_str::<RecordType<Profile>>(ok).unwrap();
         }
         let error = serde_json::from_str::<RecordType<Profile>>(r#""app.bsky.feed.post""#)

@@ -240,10 +240,7 @@ mod tests {
     fn objects_without_a_string_type_are_rejected() {
         let cases = [
             (r#"{"uri":"x"}"#, "union object without $type"),
-            (
-                r#"{"$type":5,"uri":"x"}"#,
-                "$type must be a string, got 5",
-            ),
+            (r#"{"$type":5,"uri":"x"}"#, "$type must be a string, got 5"),
             (
                 r#""app.bsky.embed.images""#,
                 "expected a JSON object for a union object with $type, got a string",

@@ -155,7 +155,10 @@ mod tests {
             (r#""x""#, "a string"),
             ("[]", "an array"),
             (r#"{"$bytes":"123"}"#, "$bytes object"),
-            (r#"{"$link":"bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}"#, "a $link object"),
+            (
+                r#"{"$link":"bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}"#,
+                "a $link object",
+            ),
         ] {
             let error = serde_json::from_str::<Unknown>(json)
                 .unwrap_err()

@@ -40,6 +40,9 @@ pub mod add_members {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -71,9 +74,14 @@ pub mod add_members {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Output {
         /// The conversation's epoch after the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -195,6 +203,9 @@ pub mod commit_group_change {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -223,9 +234,14 @@ pub mod commit_group_change {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Output {
         /// The conversation's epoch after the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -335,6 +351,9 @@ pub mod confirm_welcome {
             skip_serializing_if = "Option::is_none"
         )]
         pub error_details: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -360,6 +379,9 @@ pub mod confirm_welcome {
     pub struct Output {
         /// The Welcome's state after this call: consumed or available.
         pub state: crate::lexicons::blue::catbird::mls::defs::WelcomeState,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -460,6 +482,9 @@ pub mod create_convo {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -489,6 +514,9 @@ pub mod create_convo {
     pub struct Output {
         /// The new conversation at epoch 0, with the creator's device as its only member.
         pub convo: crate::lexicons::blue::catbird::mls::defs::ConvoView,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -563,6 +591,7 @@ pub mod defs {
         /// Every current member device.
         pub members: Vec<MemberView>,
         /// The current MLS epoch. It only ever increases: one accepted commit per epoch.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         #[serde(rename = "cipherSuite")]
         pub cipher_suite: CipherSuite,
@@ -582,6 +611,9 @@ pub mod defs {
             skip_serializing_if = "Option::is_none"
         )]
         pub metadata: Option<ConvoMetadata>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for ConvoView {
@@ -618,6 +650,9 @@ pub mod defs {
             skip_serializing_if = "Option::is_none"
         )]
         pub description: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for ConvoMetadata {
@@ -650,8 +685,14 @@ pub mod defs {
         #[serde(rename = "isAdmin")]
         pub is_admin: bool,
         /// The device's leaf index in the MLS ratchet tree.
-        #[serde(rename = "leafIndex")]
+        #[serde(
+            rename = "leafIndex",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub leaf_index: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for MemberView {
@@ -675,8 +716,10 @@ pub mod defs {
         #[serde(rename = "convoId")]
         pub convo_id: String,
         /// Position in the conversation log, starting at 1.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
         /// The MLS epoch the message was sent in (for a commit: the epoch it ends).
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         pub kind: MessageKind,
         /// The MLS message exactly as accepted: an MLSMessage carrying a PrivateMessage for application messages, a PublicMessage for commits and proposals.
@@ -691,6 +734,9 @@ pub mod defs {
         /// When the service accepted the message.
         #[serde(rename = "createdAt")]
         pub created_at: crate::runtime::Datetime,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for MessageView {
@@ -755,11 +801,20 @@ pub mod defs {
         #[serde(rename = "hasGaps")]
         pub has_gaps: bool,
         /// The seq numbers of the covered range that were not returned, ascending. Empty when hasGaps is false.
-        #[serde(rename = "missingSeqs")]
+        #[serde(
+            rename = "missingSeqs",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub missing_seqs: Vec<i64>,
         /// The conversation's highest seq: the number of entries ever appended to its log.
-        #[serde(rename = "totalMessages")]
+        #[serde(
+            rename = "totalMessages",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub total_messages: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for GapInfo {
@@ -866,6 +921,9 @@ pub mod defs {
         /// A last-resort KeyPackage (it carries the last_resort extension) is handed out again while its device has no other one left.
         #[serde(rename = "lastResort", default = "KeyPackageRef::default_last_resort")]
         pub last_resort: bool,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl KeyPackageRef {
@@ -906,6 +964,9 @@ pub mod defs {
         /// The end of the KeyPackage's lifetime (not_after); the service stops handing it out then.
         #[serde(rename = "expiresAt")]
         pub expires_at: crate::runtime::Datetime,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for KeyPackageInfo {
@@ -933,6 +994,9 @@ pub mod defs {
             skip_serializing_if = "Option::is_none"
         )]
         pub device_id: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for MissingKeyPackage {
@@ -990,6 +1054,7 @@ pub mod defs {
         #[serde(rename = "convoId")]
         pub convo_id: String,
         /// The conversation's current epoch.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// True when the device holds no leaf in the conversation's current tree and no Welcome is waiting for it: it rejoins with getGroupInfo and processExternalCommit.
         #[serde(rename = "needsRejoin")]
@@ -1005,6 +1070,9 @@ pub mod defs {
             skip_serializing_if = "Option::is_none"
         )]
         pub left_at: Option<crate::runtime::Datetime>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for ExpectedConversation {
@@ -1031,7 +1099,10 @@ pub mod get_convos {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Params {
         /// At most this many conversations per page.
-        #[serde(default = "Params::default_limit")]
+        #[serde(
+            default = "Params::default_limit",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub limit: i64,
         /// The cursor of the previous page; absent for the first page.
         #[serde(
@@ -1074,6 +1145,9 @@ pub mod get_convos {
             skip_serializing_if = "Option::is_none"
         )]
         pub cursor: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1171,7 +1245,11 @@ pub mod get_epoch {
         #[serde(rename = "convoId")]
         pub convo_id: String,
         /// The current epoch.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1245,7 +1323,10 @@ pub mod get_expected_conversations {
         #[serde(rename = "deviceId")]
         pub device_id: String,
         /// At most this many conversations per page.
-        #[serde(default = "Params::default_limit")]
+        #[serde(
+            default = "Params::default_limit",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub limit: i64,
         /// The cursor of the previous page; absent for the first page.
         #[serde(
@@ -1293,6 +1374,9 @@ pub mod get_expected_conversations {
             skip_serializing_if = "Option::is_none"
         )]
         pub cursor: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1401,6 +1485,7 @@ pub mod get_group_info {
         #[serde(rename = "groupInfo")]
         pub group_info: crate::runtime::Bytes,
         /// The epoch it describes, the conversation's current one. An external commit built from it must be for this epoch.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// For a past member: the end of the 30-day rejoin window. Absent for current members.
         #[serde(
@@ -1410,6 +1495,9 @@ pub mod get_group_info {
             skip_serializing_if = "Option::is_none"
         )]
         pub expires_at: Option<crate::runtime::Datetime>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1519,6 +1607,7 @@ pub mod get_key_package_status {
         #[serde(rename = "deviceId")]
         pub device_id: String,
         /// Unused, unexpired, non-last-resort KeyPackages of the device.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub available: i64,
         /// Whether the device has an unexpired last-resort KeyPackage.
         #[serde(rename = "lastResort")]
@@ -1527,8 +1616,14 @@ pub mod get_key_package_status {
         #[serde(rename = "needsReplenish")]
         pub needs_replenish: bool,
         /// How many unused KeyPackages the service recommends the device keeps; publish targetCount minus available.
-        #[serde(rename = "targetCount")]
+        #[serde(
+            rename = "targetCount",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub target_count: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1648,6 +1743,9 @@ pub mod get_key_packages {
         pub key_packages: Vec<crate::lexicons::blue::catbird::mls::defs::KeyPackageRef>,
         /// Requested users with no device with KeyPackages in cipherSuite, and devices with none left (not even a last-resort one).
         pub missing: Vec<crate::lexicons::blue::catbird::mls::defs::MissingKeyPackage>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1744,10 +1842,17 @@ pub mod get_messages {
         #[serde(rename = "convoId")]
         pub convo_id: String,
         /// Return entries after this seq; 0 reads from the start.
-        #[serde(rename = "sinceSeq", default = "Params::default_since_seq")]
+        #[serde(
+            rename = "sinceSeq",
+            default = "Params::default_since_seq",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub since_seq: i64,
         /// At most this many entries.
-        #[serde(default = "Params::default_limit")]
+        #[serde(
+            default = "Params::default_limit",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub limit: i64,
     }
 
@@ -1783,10 +1888,16 @@ pub mod get_messages {
         /// The entries, ascending by seq.
         pub messages: Vec<crate::lexicons::blue::catbird::mls::defs::MessageView>,
         /// The highest seq this page covers: pass it as the next sinceSeq. When nothing newer exists it equals sinceSeq, raised to the start of the caller's visible range if that is higher.
-        #[serde(rename = "lastSeq")]
+        #[serde(
+            rename = "lastSeq",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub last_seq: i64,
         #[serde(rename = "gapInfo")]
         pub gap_info: crate::lexicons::blue::catbird::mls::defs::GapInfo,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -1906,13 +2017,20 @@ pub mod get_welcome {
         /// The state before this call: available for a first delivery, in_flight for a repeat within the grace window. After the call it is in_flight.
         pub state: crate::lexicons::blue::catbird::mls::defs::WelcomeState,
         /// The epoch the Welcome joins the device at.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the commit that added the device: after joining, read the log with getMessages from sinceSeq = commitSeq.
-        #[serde(rename = "commitSeq")]
+        #[serde(
+            rename = "commitSeq",
+            deserialize_with = "crate::runtime::integer::required"
+        )]
         pub commit_seq: i64,
         /// The end of the grace window. Confirm with confirmWelcome before then.
         #[serde(rename = "inFlightUntil")]
         pub in_flight_until: crate::runtime::Datetime,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -2018,6 +2136,9 @@ pub mod leave_convo {
         pub convo_id: String,
         /// The self-remove proposal: an MLSMessage carrying a PublicMessage of content type proposal with one Remove proposal for a leaf of the caller's user, at most 64 KiB.
         pub proposal: crate::runtime::Bytes,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -2039,9 +2160,14 @@ pub mod leave_convo {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Output {
         /// The conversation's epoch after the proposal.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the proposal.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -2140,6 +2266,9 @@ pub mod process_external_commit {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -2168,12 +2297,17 @@ pub mod process_external_commit {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Output {
         /// The conversation's epoch after the external commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the external commit: read the log with getMessages from sinceSeq = seq.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
         /// When the commit was accepted; the device's joinedAt.
         #[serde(rename = "rejoinedAt")]
         pub rejoined_at: crate::runtime::Datetime,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -2286,6 +2420,9 @@ pub mod publish_key_package {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -2382,6 +2519,9 @@ pub mod publish_key_packages {
         /// The KeyPackages, 1 to 100.
         #[serde(rename = "keyPackages")]
         pub key_packages: Vec<crate::runtime::Bytes>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -2406,6 +2546,9 @@ pub mod publish_key_packages {
         /// What was stored, one entry per input item, in input order.
         #[serde(rename = "keyPackages")]
         pub key_packages: Vec<crate::lexicons::blue::catbird::mls::defs::KeyPackageInfo>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -2505,6 +2648,9 @@ pub mod remove_member {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl Input {
@@ -2539,9 +2685,14 @@ pub mod remove_member {
     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Output {
         /// The conversation's epoch after the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The log position of the commit.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
@@ -2648,12 +2799,13 @@ pub mod send_message {
         /// The encrypted message: an MLSMessage carrying a PrivateMessage of content type application, at most 1 MiB. Stored and returned unchanged.
         pub ciphertext: crate::runtime::Bytes,
         /// The epoch the message was encrypted in; it must equal the PrivateMessage's epoch and the conversation's current epoch.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
         /// The size bucket the client padded the message to, so that ciphertext lengths reveal less. When present, the ciphertext may not be longer than it.
         #[serde(
             rename = "paddedSize",
             default,
-            deserialize_with = "crate::runtime::optional_not_null",
+            deserialize_with = "crate::runtime::integer::optional",
             skip_serializing_if = "Option::is_none"
         )]
         pub padded_size: Option<i64>,
@@ -2665,6 +2817,9 @@ pub mod send_message {
             skip_serializing_if = "Option::is_none"
         )]
         pub idempotency_key: Option<String>,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Input {
@@ -2705,9 +2860,14 @@ pub mod send_message {
         #[serde(rename = "receivedAt")]
         pub received_at: crate::runtime::Datetime,
         /// The message's position in the conversation log.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub seq: i64,
         /// The epoch the message was accepted in.
+        #[serde(deserialize_with = "crate::runtime::integer::required")]
         pub epoch: i64,
+        /// Fields this lexicon version does not declare, kept as received.
+        #[serde(flatten)]
+        pub extra: crate::runtime::Extra,
     }
 
     impl crate::runtime::Validate for Output {
