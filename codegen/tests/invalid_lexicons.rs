@@ -72,6 +72,7 @@ macro_rules! cases {
 cases! {
     invalid_json => "invalid-json",
     unknown_type => "unknown-type",
+    id_path_mismatch => "id-path-mismatch",
     dangling_ref => "dangling-ref",
     ref_to_token => "ref-to-token",
     closed_empty_union => "closed-empty-union",
