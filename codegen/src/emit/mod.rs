@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::digest::DIGEST_MARKER;
+use crate::digest::{CONTENT_MARKER, DIGEST_MARKER, content_digest};
 use crate::model::*;
 use crate::plan::{self, Plan, union_variants, value_variants};
 use crate::resolve::Catalog;
@@ -66,6 +66,9 @@ pub fn emit(catalog: &Catalog, plan: &Plan, digest: &str) -> FileSet {
         }
         text.push('\n');
         text.push_str(&body);
+        // The file's digest of its own text, so the build can tell a hand edit.
+        let stamp = format!("{CONTENT_MARKER}{}\n", content_digest(&text));
+        text.insert_str(HEADER.len(), &stamp);
         (module_file(path), text)
     };
     // Files are independent: every core takes the next one until none are
