@@ -226,11 +226,50 @@ fn inner_doc_attrs(text: &str) -> TokenStream {
         .collect()
 }
 
+/// Doc lines wrap at this many characters of text (about 100 columns with
+/// the `/// ` and some indentation).
+const DOC_WIDTH: usize = 92;
+
+/// The lines of a doc comment: the description's own line breaks are kept,
+/// long lines are wrapped at word boundaries; tables, fenced code and indented
+/// lines are left as they are.
 fn doc_lines(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.trim().lines().map(|line| match line.trim_end() {
-        "" => String::new(),
-        line => format!(" {line}"),
+    let mut fenced = false;
+    text.trim().lines().flat_map(move |line| {
+        let line = line.trim_end();
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let verbatim = fenced || line.starts_with([' ', '\t', '|']) || line.starts_with("```");
+        if line.is_empty() {
+            vec![String::new()]
+        } else if verbatim || line.chars().count() <= DOC_WIDTH {
+            vec![format!(" {line}")]
+        } else {
+            wrap(line)
+        }
     })
+}
+
+/// Greedy word wrap of one line to [`DOC_WIDTH`]; a word longer than the
+/// width gets a line of its own.
+fn wrap(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for word in line.split(' ').filter(|w| !w.is_empty()) {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > DOC_WIDTH {
+            out.push(format!(" {current}"));
+            current.clear();
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() {
+        out.push(format!(" {current}"));
+    }
+    out
 }
 
 /// The `$type` of a union member: main defs are named by their NSID alone.
@@ -435,29 +474,19 @@ impl<'a> ModuleEmitter<'a> {
         }
     }
 
+    /// The method's `Params` struct; a method that declares no parameters
+    /// has none (routers and clients use `crate::runtime::xrpc::NoParams`).
     fn params(&mut self, params: Option<&Object>) {
-        match params {
-            Some(p) => {
-                self.object(
-                    p,
-                    Some(
-                        p.description
-                            .as_deref()
-                            .unwrap_or("The method's query parameters."),
-                    ),
-                    ObjectKind::Params,
-                );
-            }
-            None => self.items.push(quote! {
-                /// This method takes no parameters.
-                #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-                pub struct Params {}
-                impl crate::runtime::Validate for Params {
-                    fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
-                        Ok(())
-                    }
-                }
-            }),
+        if let Some(p) = params.filter(|p| !p.properties.is_empty()) {
+            self.object(
+                p,
+                Some(
+                    p.description
+                        .as_deref()
+                        .unwrap_or("The method's query parameters."),
+                ),
+                ObjectKind::Params,
+            );
         }
     }
 
