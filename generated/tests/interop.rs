@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use catbird_generated::runtime::{Unknown, check_format};
 use serde_json::Value;
-use sha2::Digest as _;
 
 fn interop(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -119,9 +118,7 @@ fn data_model_invalid() {
 
 /// The DAG-CBOR CIDv1 (sha2-256) of `bytes`.
 fn cid_of(bytes: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(bytes);
-    let hash = ipld_core::cid::multihash::Multihash::<64>::wrap(0x12, &digest).expect("fits");
-    ipld_core::cid::Cid::new_v1(0x71, hash).to_string()
+    catbird_generated::runtime::data::cid_of_dag_cbor(bytes).into_inner()
 }
 
 #[test]

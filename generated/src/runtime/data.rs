@@ -241,6 +241,17 @@ fn single<'a>(object: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
     }
 }
 
+/// The CID of a DAG-CBOR encoding (CIDv1, codec dag-cbor, sha2-256), as
+/// repositories address records: `cid_of_dag_cbor(&serde_ipld_dagcbor::to_vec(&record)?)`.
+pub fn cid_of_dag_cbor(bytes: &[u8]) -> Cid {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(bytes);
+    let hash = ipld_core::cid::multihash::Multihash::<64>::wrap(0x12, &digest)
+        .expect("a sha2-256 digest fits a 64-byte multihash");
+    let cid = ipld_core::cid::Cid::new_v1(0x71, hash).to_string();
+    Cid::new(cid).expect("a CIDv1 string is a valid cid")
+}
+
 /// Checks the data model's rules on a value in JSON form.
 pub fn check(value: &Value) -> Result<(), DataError> {
     check_at(value, &mut String::new())
