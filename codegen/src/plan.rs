@@ -25,6 +25,8 @@ pub struct Plan {
     specials: HashMap<(String, String), (String, String)>,
     /// Every rename made to avoid a collision, for the run's notes.
     pub notes: Vec<crate::diagnostics::Diagnostic>,
+    /// (NSID, JSON pointer) -> the renames made there, for the docs.
+    renames: HashMap<(String, String), String>,
 }
 
 impl Plan {
@@ -37,6 +39,13 @@ impl Plan {
         self.types
             .get(&(nsid.to_owned(), pointer.to_owned()))
             .unwrap_or_else(|| panic!("no type planned for {nsid}#{pointer}"))
+    }
+
+    /// The renames made for the node at `pointer`, if any (for its docs).
+    pub fn rename_note(&self, nsid: &str, pointer: &str) -> Option<&str> {
+        self.renames
+            .get(&(nsid.to_owned(), pointer.to_owned()))
+            .map(String::as_str)
     }
 
     /// The field name planned for the property whose field is at `pointer`.
@@ -249,6 +258,7 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         fields: HashMap::new(),
         specials: HashMap::new(),
         notes: Vec::new(),
+        renames: HashMap::new(),
     };
     // Module paths, and clashes between sibling modules.
     let mut siblings: BTreeMap<Vec<String>, (String, &Document)> = BTreeMap::new();
@@ -302,6 +312,7 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
             fields: &mut plan.fields,
             specials: &mut plan.specials,
             notes: &mut plan.notes,
+            renames: &mut plan.renames,
         };
         if with_methods.contains(&doc.id.as_str()) {
             for (is_type, name) in [
@@ -335,6 +346,7 @@ struct Namer<'a> {
     fields: &'a mut HashMap<(String, String), String>,
     specials: &'a mut HashMap<(String, String), (String, String)>,
     notes: &'a mut Vec<crate::diagnostics::Diagnostic>,
+    renames: &'a mut HashMap<(String, String), String>,
 }
 
 impl Namer<'_> {
@@ -434,6 +446,14 @@ impl Namer<'_> {
     }
 
     fn note(&mut self, pointer: &str, message: String) {
+        let docs = self
+            .renames
+            .entry((self.doc.id.clone(), pointer.to_owned()))
+            .or_default();
+        if !docs.is_empty() {
+            docs.push_str("; ");
+        }
+        docs.push_str(&message);
         self.notes.push(crate::diagnostics::Diagnostic {
             file: self.doc.file.clone(),
             pointer: pointer.to_owned(),
@@ -496,6 +516,14 @@ impl Namer<'_> {
         // The undeclared fields and a record's `$type` come after them.
         let extra = first_free("extra", "_", |n| fields.iter().any(|f| f == n));
         let type_tag = first_free("type_tag", "_", |n| fields.iter().any(|f| f == n));
+        for (field, plain) in [(&extra, "extra"), (&type_tag, "type_tag")] {
+            if field != plain {
+                self.note(
+                    &object.pointer,
+                    format!("the generated field {plain} is {field}: a property is named {plain}"),
+                );
+            }
+        }
         self.specials.insert(
             (self.doc.id.clone(), object.pointer.clone()),
             (extra, type_tag),

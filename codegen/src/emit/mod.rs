@@ -363,6 +363,20 @@ impl<'a> ModuleEmitter<'a> {
         }
     }
 
+    /// Doc lines for the node at `pointer`: its description, then a note on
+    /// any name the planner chose to avoid a collision.
+    fn docs(&self, description: Option<&str>, pointer: &str) -> TokenStream {
+        match self.plan.rename_note(&self.doc.id, pointer) {
+            Some(note) => {
+                let text = description.map_or(String::new(), |d| format!("{d}\n\n"));
+                doc_attrs(Some(&format!(
+                    "{text}Rust name: {note} (see codegen/NAMING.md)."
+                )))
+            }
+            None => doc_attrs(description),
+        }
+    }
+
     fn document(&mut self) {
         for def in &self.doc.defs {
             self.owner = format!("{}#{}", self.doc.id, def.name);
@@ -401,7 +415,7 @@ impl<'a> ModuleEmitter<'a> {
             Def::Token(t) => {
                 let name = ident(self.plan.type_name(id, &def.pointer));
                 let value = type_tag(&format!("{id}#{}", def.name));
-                let docs = doc_attrs(t.description.as_deref());
+                let docs = self.docs(t.description.as_deref(), &def.pointer);
                 self.items.push(quote! {
                     #docs
                     pub const #name: &str = #value;
@@ -627,7 +641,8 @@ impl<'a> ModuleEmitter<'a> {
             FieldType::String(s) => match s.value_set() {
                 Some((values, closed)) => {
                     let name = ident(self.plan.type_name(&self.doc.id, &field.pointer));
-                    self.string_enum(&name, values, closed, description);
+                    let docs = self.docs(description, &field.pointer);
+                    self.string_enum(&name, values, closed, docs);
                     quote!(#name)
                 }
                 None => format_type(s.format),
@@ -647,7 +662,8 @@ impl<'a> ModuleEmitter<'a> {
             FieldType::Ref(target) => self.ref_type(target),
             FieldType::Union(u) => {
                 let name = ident(self.plan.type_name(&self.doc.id, &field.pointer));
-                self.union(&name, u, description);
+                let docs = self.docs(description, &field.pointer);
+                self.union(&name, u, docs);
                 quote!(#name)
             }
         }
@@ -689,7 +705,7 @@ impl<'a> ModuleEmitter<'a> {
             let ty = self.field_type(&p.field, None);
             let integer = holds_integers(&p.field);
             let presence = self.presence(p, &ty);
-            let docs = doc_attrs(p.field.description.as_deref());
+            let docs = self.docs(p.field.description.as_deref(), &p.field.pointer);
             let serde_name = &p.name;
             let mut serde_attrs = Vec::new();
             if field_ident.to_string().trim_start_matches("r#") != p.name {
@@ -813,7 +829,7 @@ impl<'a> ModuleEmitter<'a> {
                 pub #extra: crate::runtime::Extra,
             });
         }
-        let docs = doc_attrs(description);
+        let docs = self.docs(description, &object.pointer);
         self.items.push(quote! {
             #docs
             #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -986,18 +1002,11 @@ impl<'a> ModuleEmitter<'a> {
     }
 
     /// A closed (`enum`) or open (`knownValues`) string enum.
-    fn string_enum(
-        &mut self,
-        name: &Ident,
-        values: &[String],
-        closed: bool,
-        description: Option<&str>,
-    ) {
+    fn string_enum(&mut self, name: &Ident, values: &[String], closed: bool, docs: TokenStream) {
         let variants: Vec<Ident> = value_variants(values, !closed)
             .iter()
             .map(|v| format_ident!("{v}"))
             .collect();
-        let docs = doc_attrs(description);
         if closed {
             self.items.push(quote! {
                 #docs
@@ -1068,7 +1077,7 @@ impl<'a> ModuleEmitter<'a> {
     }
 
     /// A union: an enum over its members, `$type`-tagged in JSON.
-    fn union(&mut self, name: &Ident, union: &UnionType, description: Option<&str>) {
+    fn union(&mut self, name: &Ident, union: &UnionType, docs: TokenStream) {
         let open = !union.closed;
         let variant_names = union_variants(&union.refs, open);
         let variants: Vec<Ident> = variant_names.iter().map(|v| format_ident!("{v}")).collect();
@@ -1086,7 +1095,6 @@ impl<'a> ModuleEmitter<'a> {
             let text = format!(" `{}`", type_tag(r));
             quote!(#[doc = #text])
         });
-        let docs = doc_attrs(description);
         let unknown_variant = open.then(|| {
             quote! {
                 /// A member this lexicon version does not know, kept as raw JSON.
