@@ -49,9 +49,8 @@ mod pipeline {
         let (documents, mut problems) = load::load_dir(lexicon_dir);
         let (catalog, resolve_problems) = resolve::resolve(&documents);
         problems.extend(resolve_problems);
-        let (plan, plan_problems) = plan::plan(&catalog);
-        problems.extend(plan_problems);
         problems.into_result(())?;
+        let plan = plan::plan(&catalog);
         let digest = digest::lexicon_digest(lexicon_dir).map_err(|e| {
             Diagnostics::single(lexicon_dir, "", format!("cannot read lexicons: {e}"))
         })?;

@@ -5,11 +5,10 @@
 //! deterministically (see `codegen/NAMING.md`), never refused; every rename
 //! is reported as a note.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 
-use crate::diagnostics::Diagnostics;
 use crate::model::*;
 use crate::resolve::Catalog;
 
@@ -249,9 +248,9 @@ fn variant_notes(
         .collect()
 }
 
-/// Plans every name; problems come back beside the plan (see `resolve`).
-pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
-    let mut diags = Diagnostics::default();
+/// Plans every name. It never fails: collisions are disambiguated and noted
+/// (`Plan::notes`, see `codegen/NAMING.md`).
+pub fn plan(catalog: &Catalog) -> Plan {
     let mut plan = Plan {
         modules: HashMap::new(),
         types: HashMap::new(),
@@ -260,32 +259,40 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         notes: Vec::new(),
         renames: HashMap::new(),
     };
-    // Module paths, and clashes between sibling modules.
-    let mut siblings: BTreeMap<Vec<String>, (String, &Document)> = BTreeMap::new();
+    // Module paths: one per NSID prefix, in NSID order; a prefix whose
+    // snake_case module a sibling prefix already has gets `_2`, `_3`, ...
+    let mut prefixes: HashMap<String, Vec<String>> = HashMap::new();
+    let mut taken: HashSet<Vec<String>> = HashSet::new();
     for doc in &catalog.documents {
-        let mut path = Vec::new();
+        let mut path: Vec<String> = Vec::new();
+        let mut original = String::new();
         for segment in doc.id.split('.') {
-            path.push(snake_ident(segment));
-            let original: String = doc
-                .id
-                .split('.')
-                .take(path.len())
-                .collect::<Vec<_>>()
-                .join(".");
-            match siblings.get(&path) {
-                Some((other, _)) if *other != original => diags.push(
-                    &doc.file,
-                    "/id",
-                    format!(
-                        "NSID prefix {original} and {other} both become the Rust module {}",
-                        path.join("::")
-                    ),
-                ),
-                Some(_) => {}
-                None => {
-                    siblings.insert(path.clone(), (original, doc));
-                }
+            if !original.is_empty() {
+                original.push('.');
             }
+            original.push_str(segment);
+            if let Some(known) = prefixes.get(&original) {
+                path = known.clone();
+                continue;
+            }
+            let plain = snake_ident(segment);
+            let module = first_free(&plain, "_", |name| {
+                let mut candidate = path.clone();
+                candidate.push(name.to_owned());
+                taken.contains(&candidate)
+            });
+            if module != plain {
+                plan.notes.push(crate::diagnostics::Diagnostic {
+                    file: doc.file.clone(),
+                    pointer: "/id".to_owned(),
+                    message: format!(
+                        "NSID prefix {original} is the Rust module {module}: {plain} is already taken"
+                    ),
+                });
+            }
+            path.push(module);
+            taken.insert(path.clone());
+            prefixes.insert(original.clone(), path.clone());
         }
         plan.modules.insert(doc.id.clone(), path);
     }
@@ -326,7 +333,7 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         }
         namer.document();
     }
-    (plan, diags)
+    plan
 }
 
 /// Where a type name comes from.
