@@ -242,6 +242,7 @@ impl mls::Handler for Service {
         let lifetime = self.state.realtime.settings.ticket_lifetime;
         let (ticket, expires_at) = tickets::issue(&self.state.db, &device, lifetime).await?;
         Ok(get_subscription_ticket::Output {
+            extra: Default::default(),
             ticket,
             expires_at: Datetime::from(expires_at),
         })
@@ -262,7 +263,10 @@ impl mls::Handler for Service {
             &input,
         )
         .await?;
-        Ok(send_ephemeral::Output { epoch })
+        Ok(send_ephemeral::Output {
+            extra: Default::default(),
+            epoch,
+        })
     }
 
     async fn add_members(
@@ -283,6 +287,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(add_members::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -303,6 +308,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(commit_group_change::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -323,7 +329,10 @@ impl mls::Handler for Service {
             input.error_details.as_deref(),
         )
         .await?;
-        Ok(confirm_welcome::Output { state })
+        Ok(confirm_welcome::Output {
+            extra: Default::default(),
+            state,
+        })
     }
 
     async fn create_convo(
@@ -340,7 +349,10 @@ impl mls::Handler for Service {
             input.metadata.as_ref(),
         )
         .await?;
-        Ok(create_convo::Output { convo })
+        Ok(create_convo::Output {
+            extra: Default::default(),
+            convo,
+        })
     }
 
     async fn get_convos(&self, caller: Caller, params: get_convos::Params) -> get_convos::Response {
@@ -351,13 +363,18 @@ impl mls::Handler for Service {
             params.cursor.as_deref(),
         )
         .await?;
-        Ok(get_convos::Output { convos, cursor })
+        Ok(get_convos::Output {
+            extra: Default::default(),
+            convos,
+            cursor,
+        })
     }
 
     async fn get_epoch(&self, caller: Caller, params: get_epoch::Params) -> get_epoch::Response {
         let group_id = convos::group_id(&params.convo_id)?;
         let epoch = log::epoch(&self.state.db, &caller.did, &group_id, &self.state.convos).await?;
         Ok(get_epoch::Output {
+            extra: Default::default(),
             convo_id: params.convo_id,
             epoch,
         })
@@ -379,6 +396,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_expected_conversations::Output {
+            extra: Default::default(),
             conversations,
             cursor,
         })
@@ -401,6 +419,7 @@ impl mls::Handler for Service {
         .in_convo(&params.convo_id);
         audit::record(&self.state.db, event).await;
         Ok(get_group_info::Output {
+            extra: Default::default(),
             group_info: group_info.into(),
             epoch,
             expires_at: expires_at.map(Datetime::from),
@@ -427,6 +446,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_key_package_status::Output {
+            extra: Default::default(),
             device_id: params.device_id,
             available: status.available,
             last_resort: status.last_resort,
@@ -461,6 +481,7 @@ impl mls::Handler for Service {
         let fetched =
             keypackages::fetch(&self.state.db, &caller.did, &params.dids, &suite, &skip).await?;
         Ok(get_key_packages::Output {
+            extra: Default::default(),
             key_packages: fetched.key_packages,
             missing: fetched.missing,
         })
@@ -482,6 +503,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_messages::Output {
+            extra: Default::default(),
             messages: page.messages,
             last_seq: page.last_seq,
             gap_info: page.gap_info,
@@ -503,6 +525,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(get_welcome::Output {
+            extra: Default::default(),
             convo_id: params.convo_id,
             welcome: fetched.welcome.into(),
             state: fetched.state_before,
@@ -527,6 +550,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(leave_convo::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -554,6 +578,7 @@ impl mls::Handler for Service {
             metrics::counter!("external_commit_success_total").increment(1);
         }
         Ok(process_external_commit::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
             rejoined_at: Datetime::from(accepted.accepted_at),
@@ -583,6 +608,7 @@ impl mls::Handler for Service {
         let stored =
             keypackages::publish(&self.state.db, &self.state.key_packages, &packages).await?;
         Ok(publish_key_packages::Output {
+            extra: Default::default(),
             key_packages: stored,
         })
     }
@@ -606,6 +632,7 @@ impl mls::Handler for Service {
             )
             .await?;
         Ok(remove_member::Output {
+            extra: Default::default(),
             epoch: accepted.epoch,
             seq: accepted.seq,
         })
@@ -626,6 +653,7 @@ impl mls::Handler for Service {
         )
         .await?;
         Ok(send_message::Output {
+            extra: Default::default(),
             message_id: input.msg_id,
             received_at: Datetime::from(sent.received_at),
             seq: sent.seq,

@@ -211,7 +211,10 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
     }
 
     async fn publish(&self, key_packages: Vec<Bytes>) -> Result<Vec<KeyPackageInfo>, DeviceError> {
-        let input = publish_key_packages::Input { key_packages };
+        let input = publish_key_packages::Input {
+            extra: Default::default(),
+            key_packages,
+        };
         Ok(self.client.publish_key_packages(&input).await?.key_packages)
     }
 
@@ -236,10 +239,12 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let mut group = self.mls.create_group(&group_id)?;
         let group_info = self.mls.group_info(&group, true)?;
         let input = create_convo::Input {
+            extra: Default::default(),
             group_id: to_hex(group_id.as_slice()),
             cipher_suite: lexicon_suite(),
             group_info: to_bytes(&group_info)?,
             metadata: Some(ConvoMetadata {
+                extra: Default::default(),
                 name: Some(name.to_owned()),
                 description: None,
             }),
@@ -270,6 +275,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let fetched = self.client.get_welcome(&params).await?;
         let joined = self.mls.join(&fetched.welcome.0);
         let confirmation = confirm_welcome::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             device_id: self.id.to_string(),
             success: joined.is_ok(),
@@ -342,6 +348,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         // The group is merged, so its GroupInfo is the new epoch's.
         let new_group_info = self.mls.group_info(&group, true)?;
         let input = process_external_commit::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             external_commit: to_bytes(bundle.commit())?,
             group_info: to_bytes(&new_group_info)?,
@@ -358,6 +365,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let mut group = self.group(convo)?;
         let ciphertext = self.mls.encrypt(&mut group, text.as_bytes())?;
         let input = send_message::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             msg_id: self.message_id()?,
             ciphertext,
@@ -376,6 +384,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let mut group = self.group(convo)?;
         let ciphertext = self.mls.encrypt(&mut group, text.as_bytes())?;
         let input = send_ephemeral::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             ciphertext,
             epoch: lexicon_epoch(group.epoch()),
@@ -542,6 +551,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let submitted = match staged.welcome {
             Some(welcome) => {
                 let input = add_members::Input {
+                    extra: Default::default(),
                     convo_id: convo.to_owned(),
                     commit: staged.commit,
                     welcome,
@@ -608,6 +618,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
 
         let staged = self.prepare_commit(&mut group, Change::Remove(leaves))?;
         let input = remove_member::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             did: did.clone(),
             commit: staged.commit,
@@ -627,6 +638,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         let mut group = self.group(convo)?;
         let staged = self.prepare_commit(&mut group, Change::SelfUpdate)?;
         let input = commit_group_change::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: staged.commit,
             group_info: staged.group_info,
@@ -646,6 +658,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             .leave_group(self.mls.provider(), self.mls.signer())
             .map_err(mls("proposing to leave"))?;
         let input = leave_convo::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             proposal: to_bytes(&proposal)?,
         };

@@ -173,6 +173,7 @@ fn key_package(did: &str, device: &str, cipher_suite: &str, last_resort: bool) -
     let device = DeviceId::parse(&format!("{did}#{device}"))?;
     let suite = mls_crypto::requested_cipher_suite(cipher_suite)?;
     let body = publish_key_package::Input {
+        extra: Default::default(),
         key_package: keypackage::throwaway_key_package(&device, &suite, last_resort)?.into(),
         idempotency_key: None,
     };

@@ -39,6 +39,8 @@ mod pipeline {
     /// output crate's root.
     pub struct Generated {
         pub files: write::FileSet,
+        /// Names the planner chose to avoid a collision (never errors).
+        pub notes: Vec<crate::diagnostics::Diagnostic>,
     }
 
     /// Runs the whole pipeline over a lexicon directory. Every problem found
@@ -47,13 +49,14 @@ mod pipeline {
         let (documents, mut problems) = load::load_dir(lexicon_dir);
         let (catalog, resolve_problems) = resolve::resolve(&documents);
         problems.extend(resolve_problems);
-        let (plan, plan_problems) = plan::plan(&catalog);
-        problems.extend(plan_problems);
         problems.into_result(())?;
+        let plan = plan::plan(&catalog);
         let digest = digest::lexicon_digest(lexicon_dir).map_err(|e| {
             Diagnostics::single(lexicon_dir, "", format!("cannot read lexicons: {e}"))
         })?;
         let files = emit::emit(&catalog, &plan, &digest);
-        Ok(Generated { files })
+        let mut notes = plan.notes.clone();
+        notes.sort();
+        Ok(Generated { files, notes })
     }
 }

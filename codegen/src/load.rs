@@ -36,6 +36,18 @@ pub fn load_dir(dir: &Path) -> (Vec<Document>, Diagnostics) {
                     diags: &mut diags,
                 };
                 if let Some(doc) = loader.document(&bytes) {
+                    let expected: PathBuf = format!("{}.json", doc.id.replace('.', "/")).into();
+                    if relative != expected {
+                        diags.push(
+                            &path,
+                            "/id",
+                            format!(
+                                "id {} does not match the file path: expected {}",
+                                doc.id,
+                                expected.display()
+                            ),
+                        );
+                    }
                     documents.push(doc);
                 }
             }
@@ -69,6 +81,11 @@ struct Loader<'a> {
 const VALUE_TYPES: &[&str] = &[
     "null", "boolean", "integer", "string", "bytes", "cid-link", "blob", "array", "object", "ref",
     "union", "unknown",
+];
+/// Field types a named def may have (the reference's user types): no `ref`,
+/// `union`, `unknown` or `null` at the top level.
+const DEF_TYPES: &[&str] = &[
+    "boolean", "integer", "string", "bytes", "cid-link", "blob", "array",
 ];
 /// Types a query parameter may have (arrays: of the first three).
 const PARAM_TYPES: &[&str] = &["boolean", "integer", "string"];
@@ -171,6 +188,13 @@ impl Loader<'_> {
                 }
                 let record_ptr = pointer_join(pointer, "record");
                 let object = match map.get("record") {
+                    Some(v) if v.get("type").and_then(Value::as_str) != Some("object") => {
+                        self.error(
+                            &record_ptr,
+                            "a record's \"record\" must be of type \"object\"",
+                        );
+                        return None;
+                    }
                     Some(v) => self.object_type(v, &record_ptr, VALUE_TYPES)?,
                     None => {
                         self.error(pointer, "a record needs a \"record\" object");
@@ -243,7 +267,7 @@ impl Loader<'_> {
             }
             "token" => Def::Token(Token { description }),
             "object" => Def::Object(self.object_type(value, pointer, VALUE_TYPES)?),
-            _ => Def::Type(self.field(value, pointer, VALUE_TYPES)?),
+            _ => Def::Type(self.field(value, pointer, DEF_TYPES)?),
         })
     }
 

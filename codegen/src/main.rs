@@ -29,7 +29,12 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let generated = match codegen::generate(&args.lexicons) {
-        Ok(g) => g,
+        Ok(g) => {
+            for note in &g.notes {
+                eprintln!("note: {note}");
+            }
+            g
+        }
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             return ExitCode::from(2);

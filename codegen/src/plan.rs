@@ -1,13 +1,14 @@
 //! Stage 3: Rust names. Every NSID gets a module path, every def and every
 //! inline type that needs a name (objects, unions, strings with a value set)
 //! gets a type name, keyed by the JSON pointer of the node it comes from.
-//! Collisions after case conversion are errors, never silently renamed.
+//! Names that collide after case conversion are disambiguated
+//! deterministically (see `codegen/NAMING.md`), never refused; every rename
+//! is reported as a note.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use heck::{ToShoutySnakeCase, ToSnakeCase, ToUpperCamelCase};
 
-use crate::diagnostics::Diagnostics;
 use crate::model::*;
 use crate::resolve::Catalog;
 
@@ -15,8 +16,16 @@ use crate::resolve::Catalog;
 pub struct Plan {
     /// NSID -> module path segments below `crate::lexicons`.
     modules: HashMap<String, Vec<String>>,
-    /// (NSID, JSON pointer) -> Rust type name.
+    /// (NSID, JSON pointer) -> Rust type name (or constant name, for tokens).
     types: HashMap<(String, String), String>,
+    /// (NSID, property pointer) -> Rust field name.
+    fields: HashMap<(String, String), String>,
+    /// (NSID, object pointer) -> the names of its `extra` and `type_tag` fields.
+    specials: HashMap<(String, String), (String, String)>,
+    /// Every rename made to avoid a collision, for the run's notes.
+    pub notes: Vec<crate::diagnostics::Diagnostic>,
+    /// (NSID, JSON pointer) -> the renames made there, for the docs.
+    renames: HashMap<(String, String), String>,
 }
 
 impl Plan {
@@ -30,6 +39,41 @@ impl Plan {
             .get(&(nsid.to_owned(), pointer.to_owned()))
             .unwrap_or_else(|| panic!("no type planned for {nsid}#{pointer}"))
     }
+
+    /// The renames made for the node at `pointer`, if any (for its docs).
+    pub fn rename_note(&self, nsid: &str, pointer: &str) -> Option<&str> {
+        self.renames
+            .get(&(nsid.to_owned(), pointer.to_owned()))
+            .map(String::as_str)
+    }
+
+    /// The field name planned for the property whose field is at `pointer`.
+    pub fn field_name(&self, nsid: &str, pointer: &str) -> &str {
+        self.fields
+            .get(&(nsid.to_owned(), pointer.to_owned()))
+            .unwrap_or_else(|| panic!("no field planned for {nsid}#{pointer}"))
+    }
+
+    /// The names of the undeclared-fields field and the record `$type` field
+    /// of the object at `pointer`.
+    pub fn special_fields(&self, nsid: &str, pointer: &str) -> (&str, &str) {
+        let (extra, type_tag) = self
+            .specials
+            .get(&(nsid.to_owned(), pointer.to_owned()))
+            .unwrap_or_else(|| panic!("no object planned for {nsid}#{pointer}"));
+        (extra, type_tag)
+    }
+}
+
+/// `base`, or `base` + `sep` + the first number from 2 up that is not taken.
+fn first_free(base: &str, sep: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(base) {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{base}{sep}{n}"))
+        .find(|name| !taken(name))
+        .expect("some suffix is free")
 }
 
 /// Type-namespace names the generated code uses unqualified. A def whose
@@ -113,14 +157,24 @@ pub fn token_const_name(nsid: &str, def: &str) -> String {
 /// Variant names for the values of a string enum (closed or open).
 /// A value is named by its last segment (`nsid#reasonSpam` -> `ReasonSpam`);
 /// when two values clash, the clashing ones use their whole text.
-pub fn value_variants(values: &[String], open: bool) -> Result<Vec<String>, String> {
+pub fn value_variants(values: &[String], open: bool) -> Vec<String> {
+    value_variants_noted(values, open).0
+}
+
+/// [`value_variants`], and the indices of the values that got a numeric suffix.
+fn value_variants_noted(values: &[String], open: bool) -> (Vec<String>, Vec<usize>) {
     let short = |v: &str| camel(v.rsplit(['#', '.']).next().unwrap_or(v));
     disambiguate(values, short, camel, if open { &["Other"] } else { &[] })
 }
 
 /// Variant names for union members (`nsid#view` -> `View`, a main ref ->
 /// its NSID name), qualified with the NSID name where they clash.
-pub fn union_variants(refs: &[String], open: bool) -> Result<Vec<String>, String> {
+pub fn union_variants(refs: &[String], open: bool) -> Vec<String> {
+    union_variants_noted(refs, open).0
+}
+
+/// [`union_variants`], and the indices of the members that got a numeric suffix.
+fn union_variants_noted(refs: &[String], open: bool) -> (Vec<String>, Vec<usize>) {
     let short = |r: &str| {
         let (nsid, def) = r.split_once('#').unwrap_or((r, "main"));
         if def == "main" {
@@ -140,12 +194,15 @@ pub fn union_variants(refs: &[String], open: bool) -> Result<Vec<String>, String
     disambiguate(refs, short, long, if open { &["Unknown"] } else { &[] })
 }
 
+/// Short names where they are unique, long names where short ones clash,
+/// and where even those clash, in list order, the first keeps the name and
+/// each later one gets the first free numeric suffix (`A`, `A2`, `A3`).
 fn disambiguate(
     items: &[String],
     short: impl Fn(&str) -> String,
     long: impl Fn(&str) -> String,
     reserved: &[&str],
-) -> Result<Vec<String>, String> {
+) -> (Vec<String>, Vec<usize>) {
     let mut names: Vec<String> = items.iter().map(|i| short(i)).collect();
     let clashes = |names: &[String], i: usize| {
         reserved.contains(&names[i].as_str())
@@ -161,50 +218,81 @@ fn disambiguate(
             names[i].push_str("Value");
         }
     }
-    for i in 0..names.len() {
-        if let Some(j) = (0..names.len()).find(|&j| j != i && names[j] == names[i]) {
-            return Err(format!(
-                "{:?} and {:?} both become the Rust name {}",
-                items[i], items[j], names[i]
-            ));
+    let mut taken: Vec<String> = reserved.iter().map(|r| (*r).to_owned()).collect();
+    let mut suffixed = Vec::new();
+    for (i, name) in names.iter_mut().enumerate() {
+        let free = first_free(name, "", |n| taken.iter().any(|t| t == n));
+        if free != *name {
+            suffixed.push(i);
+            *name = free;
         }
+        taken.push(name.clone());
     }
-    Ok(names)
+    (names, suffixed)
 }
 
-/// Plans every name; problems come back beside the plan (see `resolve`).
-pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
-    let mut diags = Diagnostics::default();
+/// Notes for the variants that got a numeric suffix.
+fn variant_notes(
+    items: &[String],
+    (names, suffixed): (Vec<String>, Vec<usize>),
+    what: &str,
+) -> Vec<String> {
+    suffixed
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{what} {:?} is the variant {}: its plain name is already taken",
+                items[i], names[i]
+            )
+        })
+        .collect()
+}
+
+/// Plans every name. It never fails: collisions are disambiguated and noted
+/// (`Plan::notes`, see `codegen/NAMING.md`).
+pub fn plan(catalog: &Catalog) -> Plan {
     let mut plan = Plan {
         modules: HashMap::new(),
         types: HashMap::new(),
+        fields: HashMap::new(),
+        specials: HashMap::new(),
+        notes: Vec::new(),
+        renames: HashMap::new(),
     };
-    // Module paths, and clashes between sibling modules.
-    let mut siblings: BTreeMap<Vec<String>, (String, &Document)> = BTreeMap::new();
+    // Module paths: one per NSID prefix, in NSID order; a prefix whose
+    // snake_case module a sibling prefix already has gets `_2`, `_3`, ...
+    let mut prefixes: HashMap<String, Vec<String>> = HashMap::new();
+    let mut taken: HashSet<Vec<String>> = HashSet::new();
     for doc in &catalog.documents {
-        let mut path = Vec::new();
+        let mut path: Vec<String> = Vec::new();
+        let mut original = String::new();
         for segment in doc.id.split('.') {
-            path.push(snake_ident(segment));
-            let original: String = doc
-                .id
-                .split('.')
-                .take(path.len())
-                .collect::<Vec<_>>()
-                .join(".");
-            match siblings.get(&path) {
-                Some((other, _)) if *other != original => diags.push(
-                    &doc.file,
-                    "/id",
-                    format!(
-                        "NSID prefix {original} and {other} both become the Rust module {}",
-                        path.join("::")
-                    ),
-                ),
-                Some(_) => {}
-                None => {
-                    siblings.insert(path.clone(), (original, doc));
-                }
+            if !original.is_empty() {
+                original.push('.');
             }
+            original.push_str(segment);
+            if let Some(known) = prefixes.get(&original) {
+                path = known.clone();
+                continue;
+            }
+            let plain = snake_ident(segment);
+            let module = first_free(&plain, "_", |name| {
+                let mut candidate = path.clone();
+                candidate.push(name.to_owned());
+                taken.contains(&candidate)
+            });
+            if module != plain {
+                plan.notes.push(crate::diagnostics::Diagnostic {
+                    file: doc.file.clone(),
+                    pointer: "/id".to_owned(),
+                    message: format!(
+                        "NSID prefix {original} is the Rust module {module}: {plain} is already taken"
+                    ),
+                });
+            }
+            path.push(module);
+            taken.insert(path.clone());
+            prefixes.insert(original.clone(), path.clone());
         }
         plan.modules.insert(doc.id.clone(), path);
     }
@@ -226,9 +314,12 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
     for doc in &catalog.documents {
         let mut namer = Namer {
             doc,
-            diags: &mut diags,
             taken: BTreeMap::new(),
             types: &mut plan.types,
+            fields: &mut plan.fields,
+            specials: &mut plan.specials,
+            notes: &mut plan.notes,
+            renames: &mut plan.renames,
         };
         if with_methods.contains(&doc.id.as_str()) {
             for (is_type, name) in [
@@ -242,7 +333,7 @@ pub fn plan(catalog: &Catalog) -> (Plan, Diagnostics) {
         }
         namer.document();
     }
-    (plan, diags)
+    plan
 }
 
 /// Where a type name comes from.
@@ -256,21 +347,22 @@ enum Claim {
 
 struct Namer<'a> {
     doc: &'a Document,
-    diags: &'a mut Diagnostics,
     /// Rust type or constant name -> pointer that took it, per namespace.
     taken: BTreeMap<(bool, String), String>,
     types: &'a mut HashMap<(String, String), String>,
+    fields: &'a mut HashMap<(String, String), String>,
+    specials: &'a mut HashMap<(String, String), (String, String)>,
+    notes: &'a mut Vec<crate::diagnostics::Diagnostic>,
+    renames: &'a mut HashMap<(String, String), String>,
 }
 
 impl Namer<'_> {
     fn document(&mut self) {
-        // Defs and fixed names claim first, so a name the planner invents
-        // for an inline type can never take one of them.
+        // Fixed names claim first, then def names, so a def can never take a
+        // fixed name and a name the planner invents for an inline type can
+        // never take a def's.
         for def in &self.doc.defs {
             match &def.def {
-                Def::Record(_) | Def::Object(_) | Def::Type(_) => {
-                    self.claim(true, &def_type_name(&def.def, &def.name), &def.pointer);
-                }
                 Def::Query(_) | Def::Procedure(_) => {
                     for name in ["Params", "Input", "Output", "Error", "Response"] {
                         self.claim(true, name, &def.pointer);
@@ -291,18 +383,30 @@ impl Namer<'_> {
                         self.claim(false, name, &def.pointer);
                     }
                 }
-                Def::Token(_) => self.claim(
-                    false,
-                    &token_const_name(&self.doc.id, &def.name),
-                    &def.pointer,
-                ),
-            }
-            if matches!(def.def, Def::Record(_)) {
-                self.claim(false, "NSID", &def.pointer);
+                Def::Record(_) => {
+                    self.claim(false, "NSID", &def.pointer);
+                }
+                Def::Object(_) | Def::Type(_) | Def::Token(_) => {}
             }
         }
+        let mut def_names = HashMap::new();
         for def in &self.doc.defs {
-            let type_name = def_type_name(&def.def, &def.name);
+            let (is_type, name) = match &def.def {
+                Def::Record(_) | Def::Object(_) | Def::Type(_) => {
+                    (true, def_type_name(&def.def, &def.name))
+                }
+                Def::Token(_) => (false, token_const_name(&self.doc.id, &def.name)),
+                _ => continue,
+            };
+            let name = self.claim(is_type, &name, &def.pointer);
+            if !is_type {
+                self.types
+                    .insert((self.doc.id.clone(), def.pointer.clone()), name.clone());
+            }
+            def_names.insert(def.pointer.clone(), name);
+        }
+        for def in &self.doc.defs {
+            let type_name = def_names.get(&def.pointer).cloned().unwrap_or_default();
             match &def.def {
                 Def::Record(r) => self.object(&r.object, &type_name, Claim::Taken),
                 Def::Object(o) => self.object(o, &type_name, Claim::Taken),
@@ -330,18 +434,38 @@ impl Namer<'_> {
         }
     }
 
-    /// Takes a name in the module's type (`true`) or value namespace.
-    fn claim(&mut self, is_type: bool, name: &str, pointer: &str) {
-        let key = (is_type, name.to_owned());
-        if let Some(other) = self.taken.get(&key) {
-            self.diags.push(
-                &self.doc.file,
+    /// Takes a name in the module's type (`true`) or value namespace: `name`
+    /// if it is free, else the first free `name2`, `name3`, ... (noted).
+    fn claim(&mut self, is_type: bool, name: &str, pointer: &str) -> String {
+        let free = first_free(name, "", |n| {
+            self.taken.contains_key(&(is_type, n.to_owned()))
+        });
+        if free != name {
+            let other = &self.taken[&(is_type, name.to_owned())];
+            self.note(
                 pointer,
-                format!("the Rust name {name} collides with the one planned for {other}"),
+                format!("named {free}: {name} is already the name of {other}"),
             );
-            return;
         }
-        self.taken.insert(key, pointer.to_owned());
+        self.taken
+            .insert((is_type, free.clone()), pointer.to_owned());
+        free
+    }
+
+    fn note(&mut self, pointer: &str, message: String) {
+        let docs = self
+            .renames
+            .entry((self.doc.id.clone(), pointer.to_owned()))
+            .or_default();
+        if !docs.is_empty() {
+            docs.push_str("; ");
+        }
+        docs.push_str(&message);
+        self.notes.push(crate::diagnostics::Diagnostic {
+            file: self.doc.file.clone(),
+            pointer: pointer.to_owned(),
+            message,
+        });
     }
 
     /// Records the type name of the node at `pointer`.
@@ -359,8 +483,7 @@ impl Namer<'_> {
                 } else {
                     format!("{name}{kind}")
                 };
-                self.claim(true, &name, pointer);
-                name
+                self.claim(true, &name, pointer)
             }
         };
         self.types
@@ -370,19 +493,26 @@ impl Namer<'_> {
 
     fn object(&mut self, object: &Object, name: &str, claim: Claim) {
         let name = self.name_type(&object.pointer, name, claim, "Object");
-        let mut fields: BTreeMap<String, &str> = BTreeMap::new();
+        // Field names in declaration order: the first property keeps its
+        // snake_case name, a later one that collides gets `_2`, `_3`, ...
+        let mut fields: Vec<String> = Vec::new();
         for p in &object.properties {
-            let ident = snake_ident(&p.name);
-            if let Some(other) = fields.insert(ident.clone(), &p.name) {
-                self.diags.push(
-                    &self.doc.file,
+            let plain = snake_ident(&p.name);
+            let ident = first_free(&plain, "_", |n| fields.iter().any(|f| f == n));
+            if ident != plain {
+                self.note(
                     &p.field.pointer,
                     format!(
-                        "properties {other:?} and {:?} both become the Rust field {ident}",
+                        "property {:?} is the Rust field {ident}: {plain} is already taken",
                         p.name
                     ),
                 );
             }
+            self.fields.insert(
+                (self.doc.id.clone(), p.field.pointer.clone()),
+                ident.clone(),
+            );
+            fields.push(ident);
             let parent = name.trim_end_matches('_');
             self.field(
                 &p.field,
@@ -390,6 +520,21 @@ impl Namer<'_> {
                 Claim::Invented,
             );
         }
+        // The undeclared fields and a record's `$type` come after them.
+        let extra = first_free("extra", "_", |n| fields.iter().any(|f| f == n));
+        let type_tag = first_free("type_tag", "_", |n| fields.iter().any(|f| f == n));
+        for (field, plain) in [(&extra, "extra"), (&type_tag, "type_tag")] {
+            if field != plain {
+                self.note(
+                    &object.pointer,
+                    format!("the generated field {plain} is {field}: a property is named {plain}"),
+                );
+            }
+        }
+        self.specials.insert(
+            (self.doc.id.clone(), object.pointer.clone()),
+            (extra, type_tag),
+        );
     }
 
     /// Names the inline types inside a field. A def or body schema always
@@ -401,15 +546,17 @@ impl Namer<'_> {
             FieldType::Object(o) => self.object(o, name, claim),
             FieldType::Union(u) => {
                 self.name_type(&field.pointer, name, claim, "Union");
-                if let Err(e) = union_variants(&u.refs, !u.closed) {
-                    self.diags.push(&self.doc.file, &field.pointer, e);
+                let names = union_variants_noted(&u.refs, !u.closed);
+                for note in variant_notes(&u.refs, names, "union member") {
+                    self.note(&field.pointer, note);
                 }
             }
             FieldType::String(s) if s.value_set().is_some() => {
                 self.name_type(&field.pointer, name, claim, "Enum");
                 let (values, closed) = s.value_set().expect("checked");
-                if let Err(e) = value_variants(values, !closed) {
-                    self.diags.push(&self.doc.file, &field.pointer, e);
+                let names = value_variants_noted(values, !closed);
+                for note in variant_notes(values, names, "value") {
+                    self.note(&field.pointer, note);
                 }
             }
             FieldType::Array(a) => {
@@ -448,17 +595,20 @@ mod tests {
     fn variant_names_disambiguate() {
         let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            value_variants(&v(&["com.example.defs#reasonSpam", "other"]), true).unwrap(),
+            value_variants(&v(&["com.example.defs#reasonSpam", "other"]), true),
             ["ReasonSpam", "OtherValue"]
+        );
+        assert_eq!(value_variants(&v(&["a", "A"]), false), ["A", "A2"]);
+        assert_eq!(
+            value_variants(&v(&["foo bar", "fooBar", "Other"]), true),
+            ["FooBar", "FooBar2", "OtherValue"]
         );
         assert_eq!(
             union_variants(
                 &v(&["a.b.images#view", "a.b.video#view", "a.b.post#main"]),
                 true
-            )
-            .unwrap(),
+            ),
             ["ImagesView", "VideoView", "Post"]
         );
-        assert!(value_variants(&v(&["hide", "Hide"]), false).is_err());
     }
 }

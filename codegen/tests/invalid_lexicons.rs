@@ -72,6 +72,7 @@ macro_rules! cases {
 cases! {
     invalid_json => "invalid-json",
     unknown_type => "unknown-type",
+    id_path_mismatch => "id-path-mismatch",
     dangling_ref => "dangling-ref",
     ref_to_token => "ref-to-token",
     closed_empty_union => "closed-empty-union",
@@ -79,6 +80,5 @@ cases! {
     const_violates_schema => "const-violates-schema",
     enum_default_not_in_enum => "enum-default-not-in-enum",
     params_bad_type => "params-bad-type",
-    name_collision => "name-collision",
     several_problems_are_all_reported => "several-problems",
 }

@@ -26,16 +26,19 @@ pub async fn view(db: &mut PgConnection, group_id: &[u8]) -> Result<ConvoView, S
 fn to_view(convo: store::Convo, members: Vec<store::MemberRow>) -> Result<ConvoView, ServiceError> {
     let has_metadata = convo.name.is_some() || convo.description.is_some();
     let metadata = has_metadata.then_some(ConvoMetadata {
+        extra: Default::default(),
         name: convo.name,
         description: convo.description,
     });
     Ok(ConvoView {
+        extra: Default::default(),
         group_id: mls_crypto::to_hex(&convo.group_id),
         creator: db::stored_did(&convo.creator)?,
         members: members
             .into_iter()
             .map(|m| {
                 Ok(MemberView {
+                    extra: Default::default(),
                     device_id: m.device_id,
                     did: db::stored_did(&m.did)?,
                     joined_at: Datetime::from(m.joined_at),
@@ -142,6 +145,7 @@ pub async fn expected(
     let conversations = rows
         .into_iter()
         .map(|row| ExpectedConversation {
+            extra: Default::default(),
             convo_id: mls_crypto::to_hex(&row.group_id),
             epoch: row.epoch,
             needs_rejoin: !row.has_leaf && !row.welcome_pending,

@@ -159,6 +159,7 @@ pub async fn read(
         .into_iter()
         .map(|entry| {
             Ok(MessageView {
+                extra: Default::default(),
                 id: entry.id,
                 convo_id: convo_id.clone(),
                 seq: entry.seq,
@@ -174,6 +175,7 @@ pub async fn read(
         messages,
         last_seq,
         gap_info: GapInfo {
+            extra: Default::default(),
             has_gaps: !missing_seqs.is_empty(),
             missing_seqs,
             total_messages: convo.last_seq,

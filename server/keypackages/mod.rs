@@ -98,6 +98,7 @@ pub async fn publish(
     Ok(packages
         .iter()
         .map(|p| KeyPackageInfo {
+            extra: Default::default(),
             key_package_hash: mls::to_hex(&p.reference),
             device_id: p.device.to_string(),
             cipher_suite: p.cipher_suite.clone(),
@@ -174,6 +175,7 @@ pub async fn fetch(
         .into_iter()
         .map(|p| {
             Ok(KeyPackageRef {
+                extra: Default::default(),
                 did: db::stored_did(&p.did)?,
                 device_id: p.device_id,
                 key_package: Bytes(p.key_package),
@@ -191,6 +193,7 @@ pub async fn fetch(
 
 fn missing_entry(did: &str, device: Option<&str>) -> Result<MissingKeyPackage, ServiceError> {
     Ok(MissingKeyPackage {
+        extra: Default::default(),
         did: db::stored_did(did)?,
         device_id: device.map(str::to_owned),
     })

@@ -83,12 +83,13 @@ async fn handle(db: &PgPool, hub: &Hub, payload: &str) -> Result<(), sqlx::Error
                 return Ok(());
             };
             let item = Item::Frame(
-                Message::Ephemeral(Ephemeral {
+                Arc::new(Message::Ephemeral(Ephemeral {
+                    extra: Default::default(),
                     convo_id: to_hex(&group_id),
                     epoch,
                     sender,
                     ciphertext: Bytes(ciphertext),
-                }),
+                })),
                 None,
             );
             for device in hub.connected(devices.iter().map(String::as_str)) {
@@ -114,6 +115,7 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
     let is_commit = entry.kind == EntryKind::Commit;
     let kind = MessageKind::from(entry.kind);
     let view = MessageView {
+        extra: Default::default(),
         id: entry.id,
         convo_id: convo_id.clone(),
         seq,
@@ -124,7 +126,10 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
         created_at: Datetime::from(entry.created_at),
     };
     let frame = Item::Frame(
-        Message::LogEntry(LogEntry { message: view }),
+        Arc::new(Message::LogEntry(LogEntry {
+            extra: Default::default(),
+            message: view,
+        })),
         Some(entry.created_at),
     );
     for device in &local {
@@ -139,11 +144,12 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
     drop(conn);
     for welcome in &welcomes {
         let item = Item::Frame(
-            Message::Welcome(Welcome {
+            Arc::new(Message::Welcome(Welcome {
+                extra: Default::default(),
                 convo_id: convo_id.clone(),
                 commit_seq: seq,
                 epoch: welcome.epoch,
-            }),
+            })),
             Some(entry.created_at),
         );
         hub.deliver(&welcome.device_id, &item);
@@ -159,7 +165,8 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
             continue;
         };
         let item = Item::Frame(
-            Message::Membership(Membership {
+            Arc::new(Message::Membership(Membership {
+                extra: Default::default(),
                 convo_id: convo_id.clone(),
                 seq,
                 device_id: change.device_id,
@@ -170,7 +177,7 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
                     Some(LeftReason::Banned) => MembershipChange::Banned,
                     Some(LeftReason::Left) => MembershipChange::Left,
                 },
-            }),
+            })),
             Some(entry.created_at),
         );
         for device in &audience {

@@ -15,9 +15,9 @@ use super::RealtimeSettings;
 /// What waits in a subscriber's queue.
 #[derive(Debug, Clone)]
 pub enum Item {
-    /// A frame, with when its log entry was accepted (for the fan-out
-    /// latency metric).
-    Frame(Message, Option<DateTime<Utc>>),
+    /// A frame, shared by every stream it goes to, with when its log
+    /// entry was accepted (for the fan-out latency metric).
+    Frame(Arc<Message>, Option<DateTime<Utc>>),
     /// Announcements may have been lost: send `#info resync` and a fresh
     /// `#catchUp`.
     Resync,

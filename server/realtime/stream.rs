@@ -52,9 +52,11 @@ pub async fn open(
 async fn catch_up(db: &PgPool, device: &str) -> Result<Message, ServiceError> {
     let heads = store::heads(db, device).await?;
     Ok(Message::CatchUp(CatchUp {
+        extra: Default::default(),
         convos: heads
             .into_iter()
             .map(|head| ConvoHead {
+                extra: Default::default(),
                 convo_id: to_hex(&head.group_id),
                 last_seq: head.last_seq,
                 epoch: head.epoch,
@@ -93,7 +95,7 @@ impl Feed {
                             metrics::histogram!("realtime_fanout_latency_seconds")
                                 .record(latency.as_secs_f64());
                         }
-                        return Some(message);
+                        return Some(Arc::unwrap_or_clone(message));
                     }
                     Some(Item::Resync) => {
                         self.pending.push_back(info(
@@ -119,6 +121,7 @@ impl Feed {
 
 fn info(name: InfoName, message: &str) -> Message {
     Message::Info(Info {
+        extra: Default::default(),
         name,
         message: Some(message.to_owned()),
     })

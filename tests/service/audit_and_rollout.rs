@@ -93,6 +93,7 @@ async fn security_events_are_audited_without_payloads(pool: PgPool) {
     let refused = alices_phone
         .client()
         .commit_group_change(&commit_group_change::Input {
+            extra: Default::default(),
             convo_id: convo.clone(),
             commit: Bytes(junk.clone()),
             group_info: Bytes(junk.clone()),

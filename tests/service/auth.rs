@@ -79,6 +79,7 @@ async fn the_generated_client_authenticates_every_call(pool: PgPool) {
 
     let published = client
         .publish_key_package(&publish_key_package::Input {
+            extra: Default::default(),
             key_package: mls::key_package(&device),
             idempotency_key: None,
         })

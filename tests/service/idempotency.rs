@@ -91,6 +91,7 @@ fn outcomes(metrics: &Metrics, nsid: &str, outcome: &str) -> f64 {
 /// publishKeyPackage's input with a fresh KeyPackage of `user`'s phone.
 fn publish_with_key(user: &LocalIdentity, key: &str) -> publish_key_package::Input {
     publish_key_package::Input {
+        extra: Default::default(),
         key_package: mls::key_package(&mls::installation(&user.did, "phone")),
         idempotency_key: Some(key.to_owned()),
     }
@@ -138,6 +139,7 @@ async fn retries_with_one_key_execute_once_and_get_the_same_bytes(pool: PgPool) 
 
     let carols_laptop = mls::installation(&carol.did, "laptop");
     let publish = publish_key_package::Input {
+        extra: Default::default(),
         key_package: mls::key_package(&carols_laptop),
         idempotency_key: Some("publish-1".into()),
     };

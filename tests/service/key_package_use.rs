@@ -280,6 +280,7 @@ impl Committer {
             .prepare(&self.convo, Change::Add(key_packages))
             .unwrap();
         let input = add_members::Input {
+            extra: Default::default(),
             convo_id: self.convo.clone(),
             commit: staged.commit,
             welcome: staged.welcome.expect("a commit with an add has a Welcome"),
@@ -339,7 +340,10 @@ async fn publish(
     user: &LocalIdentity,
     key_packages: Vec<Bytes>,
 ) -> catbird_generated::lexicons::blue::catbird::mls::defs::KeyPackageInfo {
-    let input = publish_key_packages::Input { key_packages };
+    let input = publish_key_packages::Input {
+        extra: Default::default(),
+        key_packages,
+    };
     let published = app.client(user).publish_key_packages(&input).await.unwrap();
     published.key_packages.into_iter().next().unwrap()
 }
@@ -406,6 +410,7 @@ async fn join_with_welcome(
     let fetched = client.get_welcome(&params).await.unwrap();
     let group = device.join(&fetched.welcome.0).unwrap();
     let input = confirm_welcome::Input {
+        extra: Default::default(),
         convo_id: convo.to_owned(),
         device_id: device.identity().to_owned(),
         success: true,

@@ -22,6 +22,7 @@ use sqlx::PgPool;
 
 fn publish_input(key_package: Bytes) -> publish_key_package::Input {
     publish_key_package::Input {
+        extra: Default::default(),
         key_package,
         idempotency_key: None,
     }
@@ -179,6 +180,7 @@ async fn a_batch_is_all_or_nothing(pool: PgPool) {
     let message = assert_declared(
         client
             .publish_key_packages(&publish_key_packages::Input {
+                extra: Default::default(),
                 key_packages: batch.clone(),
             })
             .await,
@@ -191,6 +193,7 @@ async fn a_batch_is_all_or_nothing(pool: PgPool) {
     batch[3] = mls::key_package(&phone);
     let stored = client
         .publish_key_packages(&publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: batch,
         })
         .await
@@ -211,6 +214,7 @@ async fn a_device_cannot_hoard_key_packages(pool: PgPool) {
     let client = app.client(&alice);
     let phone = mls::installation(&alice.did, "phone");
     let publish = |count: usize| publish_key_packages::Input {
+        extra: Default::default(),
         key_packages: (0..count).map(|_| mls::key_package(&phone)).collect(),
     };
 
@@ -265,6 +269,7 @@ async fn status_counts_what_a_device_has_left(pool: PgPool) {
         .chain([mls::last_resort_key_package(&phone)]);
     client
         .publish_key_packages(&publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: batch.collect(),
         })
         .await
@@ -313,7 +318,10 @@ async fn publish_for(client: &Client, devices: &[&Installation], count: usize) {
     for device in devices {
         let key_packages = (0..count).map(|_| mls::key_package(device)).collect();
         client
-            .publish_key_packages(&publish_key_packages::Input { key_packages })
+            .publish_key_packages(&publish_key_packages::Input {
+                extra: Default::default(),
+                key_packages,
+            })
             .await
             .unwrap();
     }

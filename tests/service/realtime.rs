@@ -495,6 +495,7 @@ async fn refused_upgrades_get_xrpc_errors(pool: PgPool) {
     // A ticket works once; a reused one and an expired one do not.
     let client = app.client(&alice);
     let input = get_subscription_ticket::Input {
+        extra: Default::default(),
         device_id: device_id.clone(),
     };
     let ticket = client.get_subscription_ticket(&input).await.unwrap().ticket;

@@ -195,6 +195,7 @@ async fn send_all(
             .encrypt(&mut group, format!("{} {i}", user.did).as_bytes())
             .unwrap();
         let input = send_message::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             msg_id: format!("{}-{i}", user.did),
             ciphertext,

@@ -405,6 +405,7 @@ impl Added {
         error_details: Option<&str>,
     ) -> Result<confirm_welcome::Output, ClientError<confirm_welcome::Error>> {
         let input = confirm_welcome::Input {
+            extra: Default::default(),
             convo_id: self.convo.clone(),
             device_id: device_id.to_owned(),
             success,

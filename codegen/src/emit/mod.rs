@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote};
 
-use crate::digest::DIGEST_MARKER;
+use crate::digest::{CONTENT_MARKER, DIGEST_MARKER, content_digest};
 use crate::model::*;
-use crate::plan::{self, Plan, snake_ident, token_const_name, union_variants, value_variants};
+use crate::plan::{self, Plan, union_variants, value_variants};
 use crate::resolve::Catalog;
 use crate::write::FileSet;
 
@@ -66,6 +66,9 @@ pub fn emit(catalog: &Catalog, plan: &Plan, digest: &str) -> FileSet {
         }
         text.push('\n');
         text.push_str(&body);
+        // The file's digest of its own text, so the build can tell a hand edit.
+        let stamp = format!("{CONTENT_MARKER}{}\n", content_digest(&text));
+        text.insert_str(HEADER.len(), &stamp);
         (module_file(path), text)
     };
     // Files are independent: every core takes the next one until none are
@@ -223,11 +226,50 @@ fn inner_doc_attrs(text: &str) -> TokenStream {
         .collect()
 }
 
+/// Doc lines wrap at this many characters of text (about 100 columns with
+/// the `/// ` and some indentation).
+const DOC_WIDTH: usize = 92;
+
+/// The lines of a doc comment: the description's own line breaks are kept,
+/// long lines are wrapped at word boundaries; tables, fenced code and indented
+/// lines are left as they are.
 fn doc_lines(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.trim().lines().map(|line| match line.trim_end() {
-        "" => String::new(),
-        line => format!(" {line}"),
+    let mut fenced = false;
+    text.trim().lines().flat_map(move |line| {
+        let line = line.trim_end();
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        }
+        let verbatim = fenced || line.starts_with([' ', '\t', '|']) || line.starts_with("```");
+        if line.is_empty() {
+            vec![String::new()]
+        } else if verbatim || line.chars().count() <= DOC_WIDTH {
+            vec![format!(" {line}")]
+        } else {
+            wrap(line)
+        }
     })
+}
+
+/// Greedy word wrap of one line to [`DOC_WIDTH`]; a word longer than the
+/// width gets a line of its own.
+fn wrap(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for word in line.split(' ').filter(|w| !w.is_empty()) {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > DOC_WIDTH {
+            out.push(format!(" {current}"));
+            current.clear();
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() {
+        out.push(format!(" {current}"));
+    }
+    out
 }
 
 /// The `$type` of a union member: main defs are named by their NSID alone.
@@ -245,6 +287,25 @@ struct ModuleEmitter<'a> {
     /// The def being emitted, for deciding which refs must be boxed.
     owner: String,
     items: Vec<TokenStream>,
+}
+
+/// What an object struct is for: query parameters are closed (no undeclared
+/// fields), a record also carries its `$type`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ObjectKind {
+    Params,
+    Open,
+    Record,
+}
+
+/// Whether a field holds lexicon integers (an integer, or arrays of them),
+/// which read integral floats leniently.
+fn holds_integers(field: &Field) -> bool {
+    match &field.ty {
+        FieldType::Integer(_) => true,
+        FieldType::Array(a) => holds_integers(&a.items),
+        _ => false,
+    }
 }
 
 /// How a property is held in its struct.
@@ -302,6 +363,20 @@ impl<'a> ModuleEmitter<'a> {
         }
     }
 
+    /// Doc lines for the node at `pointer`: its description, then a note on
+    /// any name the planner chose to avoid a collision.
+    fn docs(&self, description: Option<&str>, pointer: &str) -> TokenStream {
+        match self.plan.rename_note(&self.doc.id, pointer) {
+            Some(note) => {
+                let text = description.map_or(String::new(), |d| format!("{d}\n\n"));
+                doc_attrs(Some(&format!(
+                    "{text}Rust name: {note} (see codegen/NAMING.md)."
+                )))
+            }
+            None => doc_attrs(description),
+        }
+    }
+
     fn document(&mut self) {
         for def in &self.doc.defs {
             self.owner = format!("{}#{}", self.doc.id, def.name);
@@ -317,7 +392,7 @@ impl<'a> ModuleEmitter<'a> {
                     /// The collection NSID of this record type.
                     pub const NSID: &str = #id;
                 });
-                let name = self.object(&r.object, r.description.as_deref());
+                let name = self.object(&r.object, r.description.as_deref(), ObjectKind::Record);
                 let key = match r.key.as_str() {
                     "tid" => quote!(crate::runtime::RecordKeyType::Tid),
                     "nsid" => quote!(crate::runtime::RecordKeyType::Nsid),
@@ -335,12 +410,12 @@ impl<'a> ModuleEmitter<'a> {
                 });
             }
             Def::Object(o) => {
-                self.object(o, o.description.as_deref());
+                self.object(o, o.description.as_deref(), ObjectKind::Open);
             }
             Def::Token(t) => {
-                let name = format_ident!("{}", token_const_name(id, &def.name));
+                let name = ident(self.plan.type_name(id, &def.pointer));
                 let value = type_tag(&format!("{id}#{}", def.name));
-                let docs = doc_attrs(t.description.as_deref());
+                let docs = self.docs(t.description.as_deref(), &def.pointer);
                 self.items.push(quote! {
                     #docs
                     pub const #name: &str = #value;
@@ -413,28 +488,19 @@ impl<'a> ModuleEmitter<'a> {
         }
     }
 
+    /// The method's `Params` struct; a method that declares no parameters
+    /// has none (routers and clients use `crate::runtime::xrpc::NoParams`).
     fn params(&mut self, params: Option<&Object>) {
-        match params {
-            Some(p) => {
-                self.object(
-                    p,
-                    Some(
-                        p.description
-                            .as_deref()
-                            .unwrap_or("The method's query parameters."),
-                    ),
-                );
-            }
-            None => self.items.push(quote! {
-                /// This method takes no parameters.
-                #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-                pub struct Params {}
-                impl crate::runtime::Validate for Params {
-                    fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
-                        Ok(())
-                    }
-                }
-            }),
+        if let Some(p) = params.filter(|p| !p.properties.is_empty()) {
+            self.object(
+                p,
+                Some(
+                    p.description
+                        .as_deref()
+                        .unwrap_or("The method's query parameters."),
+                ),
+                ObjectKind::Params,
+            );
         }
     }
 
@@ -575,7 +641,8 @@ impl<'a> ModuleEmitter<'a> {
             FieldType::String(s) => match s.value_set() {
                 Some((values, closed)) => {
                     let name = ident(self.plan.type_name(&self.doc.id, &field.pointer));
-                    self.string_enum(&name, values, closed, description);
+                    let docs = self.docs(description, &field.pointer);
+                    self.string_enum(&name, values, closed, docs);
                     quote!(#name)
                 }
                 None => format_type(s.format),
@@ -589,13 +656,14 @@ impl<'a> ModuleEmitter<'a> {
                 quote!(Vec<#item>)
             }
             FieldType::Object(o) => {
-                let name = self.object(o, description);
+                let name = self.object(o, description, ObjectKind::Open);
                 quote!(#name)
             }
             FieldType::Ref(target) => self.ref_type(target),
             FieldType::Union(u) => {
                 let name = ident(self.plan.type_name(&self.doc.id, &field.pointer));
-                self.union(&name, u, description);
+                let docs = self.docs(description, &field.pointer);
+                self.union(&name, u, docs);
                 quote!(#name)
             }
         }
@@ -626,39 +694,60 @@ impl<'a> ModuleEmitter<'a> {
 
     /// A struct for an object, its `Validate` impl and default values.
     /// Returns its name.
-    fn object(&mut self, object: &Object, description: Option<&str>) -> Ident {
+    fn object(&mut self, object: &Object, description: Option<&str>, kind: ObjectKind) -> Ident {
         let name = ident(self.plan.type_name(&self.doc.id, &object.pointer));
         let mut fields = Vec::new();
         let mut defaults = Vec::new();
         let mut checks = Vec::new();
         let mut uses = Uses::default();
         for p in &object.properties {
-            let field_ident = ident(&snake_ident(&p.name));
+            let field_ident = ident(self.plan.field_name(&self.doc.id, &p.field.pointer));
             let ty = self.field_type(&p.field, None);
+            let integer = holds_integers(&p.field);
             let presence = self.presence(p, &ty);
-            let docs = doc_attrs(p.field.description.as_deref());
+            let docs = self.docs(p.field.description.as_deref(), &p.field.pointer);
             let serde_name = &p.name;
             let mut serde_attrs = Vec::new();
             if field_ident.to_string().trim_start_matches("r#") != p.name {
                 serde_attrs.push(quote!(rename = #serde_name));
             }
             let held = match &presence {
-                Presence::Required => ty.clone(),
+                Presence::Required => {
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::required"
+                        ));
+                    }
+                    ty.clone()
+                }
                 Presence::RequiredNullable => {
-                    serde_attrs.push(quote!(
-                        deserialize_with = "crate::runtime::required_nullable"
-                    ));
+                    let with = if integer {
+                        "crate::runtime::integer::nullable"
+                    } else {
+                        "crate::runtime::required_nullable"
+                    };
+                    serde_attrs.push(quote!(deserialize_with = #with));
                     quote!(Option<#ty>)
                 }
                 Presence::Optional => {
+                    let with = if integer {
+                        "crate::runtime::integer::optional"
+                    } else {
+                        "crate::runtime::optional_not_null"
+                    };
                     serde_attrs.push(quote!(
                         default,
-                        deserialize_with = "crate::runtime::optional_not_null",
+                        deserialize_with = #with,
                         skip_serializing_if = "Option::is_none"
                     ));
                     quote!(Option<#ty>)
                 }
                 Presence::OptionalNullable => {
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::tri_state"
+                        ));
+                    }
                     serde_attrs.push(quote!(
                         default,
                         skip_serializing_if = "crate::runtime::TriState::is_absent"
@@ -673,6 +762,11 @@ impl<'a> ModuleEmitter<'a> {
                     let function_ident = format_ident!("{function}");
                     let path = format!("{name}::{function}");
                     serde_attrs.push(quote!(default = #path));
+                    if integer {
+                        serde_attrs.push(quote!(
+                            deserialize_with = "crate::runtime::integer::required"
+                        ));
+                    }
                     defaults.push(quote! {
                         fn #function_ident() -> #ty {
                             #value
@@ -715,7 +809,27 @@ impl<'a> ModuleEmitter<'a> {
                 },
             });
         }
-        let docs = doc_attrs(description);
+        let (extra, type_tag) = self.plan.special_fields(&self.doc.id, &object.pointer);
+        if kind == ObjectKind::Record {
+            let type_tag = ident(type_tag);
+            fields.insert(
+                0,
+                quote! {
+                    /// The record's `$type`, its collection NSID (always written).
+                    #[serde(rename = "$type", default)]
+                    pub #type_tag: crate::runtime::RecordType<Self>,
+                },
+            );
+        }
+        if kind != ObjectKind::Params {
+            let extra = ident(extra);
+            fields.push(quote! {
+                /// Fields this lexicon version does not declare, kept as received.
+                #[serde(flatten)]
+                pub #extra: crate::runtime::Extra,
+            });
+        }
+        let docs = self.docs(description, &object.pointer);
         self.items.push(quote! {
             #docs
             #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -888,19 +1002,11 @@ impl<'a> ModuleEmitter<'a> {
     }
 
     /// A closed (`enum`) or open (`knownValues`) string enum.
-    fn string_enum(
-        &mut self,
-        name: &Ident,
-        values: &[String],
-        closed: bool,
-        description: Option<&str>,
-    ) {
+    fn string_enum(&mut self, name: &Ident, values: &[String], closed: bool, docs: TokenStream) {
         let variants: Vec<Ident> = value_variants(values, !closed)
-            .expect("the planner checked variant names")
             .iter()
             .map(|v| format_ident!("{v}"))
             .collect();
-        let docs = doc_attrs(description);
         if closed {
             self.items.push(quote! {
                 #docs
@@ -971,10 +1077,9 @@ impl<'a> ModuleEmitter<'a> {
     }
 
     /// A union: an enum over its members, `$type`-tagged in JSON.
-    fn union(&mut self, name: &Ident, union: &UnionType, description: Option<&str>) {
+    fn union(&mut self, name: &Ident, union: &UnionType, docs: TokenStream) {
         let open = !union.closed;
-        let variant_names =
-            union_variants(&union.refs, open).expect("the planner checked variant names");
+        let variant_names = union_variants(&union.refs, open);
         let variants: Vec<Ident> = variant_names.iter().map(|v| format_ident!("{v}")).collect();
         let types: Vec<TokenStream> = union.refs.iter().map(|r| self.ref_type(r)).collect();
         let tags: Vec<String> = union.refs.iter().map(|r| type_tag(r)).collect();
@@ -990,7 +1095,6 @@ impl<'a> ModuleEmitter<'a> {
             let text = format!(" `{}`", type_tag(r));
             quote!(#[doc = #text])
         });
-        let docs = doc_attrs(description);
         let unknown_variant = open.then(|| {
             quote! {
                 /// A member this lexicon version does not know, kept as raw JSON.
@@ -999,6 +1103,18 @@ impl<'a> ModuleEmitter<'a> {
         });
         let unknown_serialize =
             open.then(|| quote!(Self::Unknown(value) => value.serialize(serializer),));
+        // A record member writes its own `$type`; any other gets it here.
+        let serialize_arms = union.refs.iter().zip(&variants).zip(&tags).map(|((r, variant), tag)| {
+            let is_record = matches!(
+                self.catalog.get(r).map(|(_, def)| &def.def),
+                Some(Def::Record(_))
+            );
+            if is_record {
+                quote!(Self::#variant(value) => value.serialize(serializer),)
+            } else {
+                quote!(Self::#variant(value) => crate::runtime::serialize_typed(#tag, value, serializer),)
+            }
+        }).collect::<Vec<_>>();
         let unknown_validate = open.then(|| quote!(Self::Unknown(_) => Ok(()),));
         let fallback = if open {
             quote!(_ => Ok(Self::Unknown(object.into_unknown())),)
@@ -1015,7 +1131,7 @@ impl<'a> ModuleEmitter<'a> {
             impl serde::Serialize for #name {
                 fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                     match self {
-                        #(Self::#variants(value) => crate::runtime::serialize_typed(#tags, value, serializer),)*
+                        #(#serialize_arms)*
                         #unknown_serialize
                     }
                 }
@@ -1096,7 +1212,7 @@ fn default_value(field: &Field, ty: &TokenStream) -> Option<TokenStream> {
             Some(match s.value_set() {
                 Some((values, closed)) => {
                     let index = values.iter().position(|v| v == d)?;
-                    let variants = value_variants(values, !closed).ok()?;
+                    let variants = value_variants(values, !closed);
                     let variant = format_ident!("{}", variants[index]);
                     quote!(#ty::#variant)
                 }

@@ -71,7 +71,6 @@ pub fn route_const(kind: MethodKind, params: Option<&Object>) -> TokenStream {
 pub fn event_message_impl(doc_id: &str, union: &UnionType) -> TokenStream {
     let open = !union.closed;
     let variants: Vec<_> = union_variants(&union.refs, open)
-        .expect("the planner checked variant names")
         .into_iter()
         .map(|v| format_ident!("{v}"))
         .collect();
@@ -156,7 +155,6 @@ struct MethodSpec<'a> {
     module: proc_macro2::Ident,
     nsid: &'a str,
     kind: MethodKind,
-    description: Option<&'a str>,
     has_params: bool,
     has_input: bool,
 }
@@ -164,25 +162,14 @@ struct MethodSpec<'a> {
 impl<'a> MethodSpec<'a> {
     fn of(plan: &Plan, doc: &'a Document) -> Option<Self> {
         let main = doc.def("main")?;
-        let (kind, params, has_input, description) = match &main.def {
-            Def::Query(m) => (
-                MethodKind::Query,
-                m.parameters.as_ref(),
-                false,
-                &m.description,
-            ),
+        let (kind, params, has_input) = match &main.def {
+            Def::Query(m) => (MethodKind::Query, m.parameters.as_ref(), false),
             Def::Procedure(m) => (
                 MethodKind::Procedure,
                 m.parameters.as_ref(),
                 m.input.is_some(),
-                &m.description,
             ),
-            Def::Subscription(s) => (
-                MethodKind::Subscription,
-                s.parameters.as_ref(),
-                false,
-                &s.description,
-            ),
+            Def::Subscription(s) => (MethodKind::Subscription, s.parameters.as_ref(), false),
             _ => return None,
         };
         let module = plan
@@ -193,28 +180,21 @@ impl<'a> MethodSpec<'a> {
             module: ident(module),
             nsid: &doc.id,
             kind,
-            description: description.as_deref(),
             has_params: params.is_some_and(|p| !p.properties.is_empty()),
             has_input,
         })
     }
 
+    /// A one-line pointer to the method's module, which holds its
+    /// description (written once, there).
     fn docs(&self) -> TokenStream {
         let kind = match self.kind {
             MethodKind::Query => "query",
             MethodKind::Procedure => "procedure",
             MethodKind::Subscription => "subscription",
         };
-        let heading = format!("`{}` ({kind})", self.nsid);
-        let first = self
-            .description
-            .and_then(|d| d.lines().next())
-            .unwrap_or_default();
-        let text = if first.is_empty() {
-            heading
-        } else {
-            format!("{heading}: {first}")
-        };
+        let module = self.module.to_string();
+        let text = format!("`{}` ({kind}): see [`{module}`]({module}).", self.nsid);
         doc_attrs(Some(&text))
     }
 }
@@ -233,12 +213,12 @@ pub fn namespace_service(plan: &Plan, documents: &[&Document]) -> TokenStream {
         .nsid
         .rsplit_once('.')
         .map_or(methods[0].nsid, |(ns, _)| ns);
-    let trait_doc = format!(
-        " The `{namespace}` methods a service implements.\n\n\
+    let trait_doc = doc_attrs(Some(&format!(
+        "The `{namespace}` methods a service implements.\n\n\
           Each method gets the caller its [`XrpcService::authenticate`](crate::runtime::xrpc::XrpcService::authenticate) hook \
          produced for the route's NSID, and only valid input: parameters and bodies are parsed and checked against the \
          lexicon before it runs. [`router`] serves every method."
-    );
+    )));
     let trait_methods = methods.iter().map(|m| trait_method(m));
     let routes = methods.iter().map(|m| {
         let module = &m.module;
@@ -246,9 +226,12 @@ pub fn namespace_service(plan: &Plan, documents: &[&Document]) -> TokenStream {
     });
     let registrations = methods.iter().map(|m| registration(m));
     let client_methods = methods.iter().map(|m| client_method(m));
-    let client_doc = format!(" A typed client for the `{namespace}` methods.");
+    let client_doc = doc_attrs(Some(&format!(
+        "A typed client for the `{namespace}` methods."
+    )));
     quote! {
-        #[doc = #trait_doc]
+        #trait_doc
+        #[cfg(feature = "server")]
         pub trait Handler: crate::runtime::xrpc::XrpcService {
             #(#trait_methods)*
         }
@@ -260,18 +243,22 @@ pub fn namespace_service(plan: &Plan, documents: &[&Document]) -> TokenStream {
         /// `/xrpc/<NSID>`. Merge routers of several namespaces, then pass the
         /// result through [`crate::runtime::xrpc::finish`] for the XRPC
         /// fallbacks (unknown methods, body limits).
+        #[cfg(feature = "server")]
         pub fn router<S: Handler>(service: std::sync::Arc<S>) -> crate::runtime::xrpc::axum::Router {
             crate::runtime::xrpc::axum::Router::new()
                 #(#registrations)*
         }
 
-        #[doc = #client_doc]
+        #client_doc
+        #[cfg(feature = "client")]
         #[derive(Debug, Clone)]
         pub struct Client {
             xrpc: crate::runtime::xrpc::XrpcClient,
         }
 
+        #[cfg(feature = "client")]
         impl Client {
+            /// A client for these methods over `xrpc`.
             pub fn new(xrpc: crate::runtime::xrpc::XrpcClient) -> Self {
                 Self { xrpc }
             }
@@ -283,14 +270,16 @@ pub fn namespace_service(plan: &Plan, documents: &[&Document]) -> TokenStream {
 
 /// `pub type Response` in a method module: what its handler returns.
 pub fn response_alias(kind: MethodKind) -> TokenStream {
-    let output = match kind {
-        MethodKind::Subscription => {
-            quote!(crate::runtime::xrpc::SubscriptionStream<Message, Error>)
-        }
-        _ => quote!(Output),
+    let (output, gate) = match kind {
+        MethodKind::Subscription => (
+            quote!(crate::runtime::xrpc::SubscriptionStream<Message, Error>),
+            quote!(#[cfg(feature = "server")]),
+        ),
+        _ => (quote!(Output), quote!()),
     };
     quote! {
         /// What a handler of this method returns.
+        #gate
         pub type Response = Result<#output, crate::runtime::xrpc::MethodError<Error>>;
     }
 }
@@ -317,7 +306,7 @@ fn registration(m: &MethodSpec) -> TokenStream {
     let (params_pattern, params_arg) = if m.has_params {
         (quote!(params), quote!(params,))
     } else {
-        (quote!(_params: #module::Params), quote!())
+        (quote!(_params: crate::runtime::xrpc::NoParams), quote!())
     };
     let call = match m.kind {
         MethodKind::Query | MethodKind::Subscription => {
@@ -354,7 +343,7 @@ fn client_method(m: &MethodSpec) -> TokenStream {
     let (params_arg, params_value) = if m.has_params {
         (quote!(params: &#module::Params,), quote!(params))
     } else {
-        (quote!(), quote!(&#module::Params {}))
+        (quote!(), quote!(&crate::runtime::xrpc::NoParams {}))
     };
     let error = quote!(crate::runtime::xrpc::ClientError<#module::Error>);
     match m.kind {

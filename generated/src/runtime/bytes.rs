@@ -19,13 +19,23 @@ use crate::runtime::single_key;
 /// The JSON key of the bytes wrapper object.
 const KEY: &str = "$bytes";
 
-/// Standard alphabet; unpadded on output, padding optional on input.
-const BASE64: GeneralPurpose = GeneralPurpose::new(
+/// Standard alphabet; unpadded on output, padding optional on input, and
+/// non-zero trailing bits in the last symbol accepted (`"123"`), as the
+/// reference implementation decodes them.
+pub(crate) const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new()
         .with_encode_padding(false)
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
 );
+
+/// Decodes the base64 of a `$bytes` object (see [`BASE64`]).
+pub(crate) fn decode_base64(encoded: &str) -> Result<Vec<u8>, String> {
+    BASE64
+        .decode(encoded)
+        .map_err(|error| format!("invalid base64 in \"{KEY}\": {error}"))
+}
 
 /// Raw bytes (lexicon `bytes`). JSON form: `{"$bytes": "<base64>"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -62,24 +72,26 @@ impl serde::Serialize for Bytes {
 
 impl<'de> serde::Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if !deserializer.is_human_readable() {
-            return deserializer.deserialize_byte_buf(ByteBuf).map(Self);
-        }
-        let encoded = single_key::deserialize(deserializer, KEY)?;
-        BASE64.decode(&encoded).map(Self).map_err(|error| {
-            de::Error::custom(format_args!("invalid base64 in \"{KEY}\": {error}"))
-        })
+        // By shape rather than by `is_human_readable`: serde's buffering
+        // (flattened fields, untagged content) reports every format as
+        // human-readable, so a DAG-CBOR byte string can arrive either way.
+        deserializer.deserialize_any(ByteBuf).map(Self)
     }
 }
 
-/// Reads a native byte string from a binary format.
+/// Reads a native byte string (binary formats) or a `{"$bytes"}` object.
 struct ByteBuf;
 
 impl<'de> Visitor<'de> for ByteBuf {
     type Value = Vec<u8>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a byte string")
+        write!(f, "a byte string or an object {{\"{KEY}\": base64}}")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Vec<u8>, A::Error> {
+        let encoded = single_key::visit(map, KEY)?;
+        decode_base64(&encoded).map_err(de::Error::custom)
     }
 
     fn visit_bytes<E: de::Error>(self, bytes: &[u8]) -> Result<Vec<u8>, E> {
@@ -87,14 +99,6 @@ impl<'de> Visitor<'de> for ByteBuf {
     }
 
     fn visit_byte_buf<E: de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u8>, E> {
-        Ok(bytes)
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(byte) = seq.next_element()? {
-            bytes.push(byte);
-        }
         Ok(bytes)
     }
 }
@@ -131,6 +135,9 @@ mod tests {
             vec![0xfb, 0xff, 0x01]
         );
         assert_eq!(read(r#"{"$bytes":""}"#).unwrap(), Bytes::default());
+        // Non-zero trailing bits in the last symbol, as the interop "valid
+        // record" vector has it: decoded like the reference does.
+        assert_eq!(read(r#"{"$bytes":"123"}"#).unwrap().0, vec![0xd7, 0x6d]);
     }
 
     #[test]
@@ -164,7 +171,11 @@ mod tests {
                 r#"{"$bytes":"aGk","$bytes":"aGk"}"#,
                 "duplicate field `$bytes`",
             ),
-            (r#""aGk""#, "expected an object {\"$bytes\": string}"),
+            (
+                r#""aGk""#,
+                "expected a byte string or an object {\"$bytes\": base64}",
+            ),
+            (r#"[1,2]"#, "expected a byte string or an object"),
         ];
         for (json, expected) in cases {
             let error = read(json).unwrap_err().to_string();

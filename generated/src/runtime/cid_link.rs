@@ -35,15 +35,35 @@ impl serde::Serialize for CidLink {
 }
 
 impl<'de> serde::Deserialize<'de> for CidLink {
+    /// By shape rather than by `is_human_readable`: serde's buffering
+    /// (flattened fields) reports every format as human-readable, so a
+    /// DAG-CBOR link can arrive either way.
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if !deserializer.is_human_readable() {
-            let cid = ipld_core::cid::Cid::deserialize(deserializer)?;
-            return Cid::new(cid.to_string())
-                .map(Self)
-                .map_err(serde::de::Error::custom);
-        }
-        let cid = single_key::deserialize(deserializer, KEY)?;
-        Cid::new(cid).map(Self).map_err(serde::de::Error::custom)
+        deserializer.deserialize_any(LinkVisitor)
+    }
+}
+
+/// Reads a native link (DAG-CBOR tag 42) or a `{"$link"}` object.
+struct LinkVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LinkVisitor {
+    type Value = CidLink;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a link or an object {{\"{KEY}\": string}}")
+    }
+
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<CidLink, D::Error> {
+        let cid = deserializer.deserialize_bytes(crate::runtime::data::CidBytes)?;
+        Cid::new(cid).map(CidLink).map_err(serde::de::Error::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<CidLink, A::Error> {
+        let cid = single_key::visit(map, KEY)?;
+        Cid::new(cid).map(CidLink).map_err(serde::de::Error::custom)
     }
 }
 
@@ -73,7 +93,7 @@ mod tests {
                 r#"{"$link":1}"#.to_owned(),
                 "expected a string in \"$link\"",
             ),
-            (format!(r#""{CID}""#), "expected an object"),
+            (format!(r#""{CID}""#), "expected a link or an object"),
         ];
         for (json, expected) in cases {
             let error = serde_json::from_str::<CidLink>(&json)

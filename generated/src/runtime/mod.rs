@@ -8,7 +8,9 @@
 //! | module | lexicon concept |
 //! |---|---|
 //! | [`formats`] | `string` formats: did, handle, nsid, at-uri, ... |
-//! | [`bytes`], [`cid_link`], [`blob`], [`unknown`] | `bytes`, `cid-link`, `blob`, `unknown` |
+//! | [`data`] | the data model: untyped values in JSON and DAG-CBOR |
+//! | [`bytes`], [`cid_link`], [`blob`], [`unknown`] | `bytes`, `cid-link`, `blob`, `unknown`, undeclared fields |
+//! | [`integer`] | `integer` fields (integral floats accepted) |
 //! | [`nullable`] | `nullable` fields and the `null` type |
 //! | [`union`] | `union` (`$type`-tagged objects) |
 //! | [`validate`] | constraints (`maxLength`, `minimum`, `accept`, ...) |
@@ -19,7 +21,9 @@ pub mod blob;
 pub mod body;
 pub mod bytes;
 pub mod cid_link;
+pub mod data;
 pub mod formats;
+pub mod integer;
 pub mod nullable;
 pub mod permission;
 pub mod record;
@@ -41,9 +45,9 @@ pub use formats::{
 };
 pub use nullable::{Null, TriState, optional_not_null, required_nullable};
 pub use permission::Permission;
-pub use record::{Record, RecordKeyType};
+pub use record::{Record, RecordKeyType, RecordType};
 pub use union::{UnionObject, serialize_typed};
-pub use unknown::Unknown;
+pub use unknown::{Extra, Unknown};
 pub use validate::{ResultExt, Validate, ValidationError, check};
 
 /// Re-exported so generated code can name serde without its own dependency.

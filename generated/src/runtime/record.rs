@@ -1,6 +1,9 @@
 //! Lexicon `record` definitions: which collection a type lives in and how
 //! its records are keyed.
 
+use std::fmt;
+use std::marker::PhantomData;
+
 use crate::runtime::{Nsid, RecordKey, Tid};
 
 /// A type defined by a lexicon `record`; the generator implements it.
@@ -37,6 +40,60 @@ impl RecordKeyType {
     }
 }
 
+/// A record's `$type`, as a field of the record's struct: always written (the
+/// collection NSID), and on input either absent or the collection NSID.
+/// Generated records hold it as `#[serde(rename = "$type", default)] pub
+/// type_tag: RecordType<Self>`; it carries no data.
+pub struct RecordType<T>(PhantomData<fn() -> T>);
+
+impl<T> Default for RecordType<T> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T> Clone for RecordType<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for RecordType<T> {}
+
+impl<T> PartialEq for RecordType<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T: Record> fmt::Debug for RecordType<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordType({})", T::NSID)
+    }
+}
+
+impl<T: Record> serde::Serialize for RecordType<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(T::NSID)
+    }
+}
+
+impl<'de, T: Record> serde::Deserialize<'de> for RecordType<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let type_name = <String as serde::Deserialize>::deserialize(deserializer)?;
+        if type_name == T::NSID || type_name.strip_suffix("#main") == Some(T::NSID) {
+            Ok(Self::default())
+        } else {
+            Err(serde::de::Error::custom(format_args!(
+                "a {} record has $type {:?}, got {}",
+                T::NSID,
+                T::NSID,
+                crate::runtime::text::Quoted(&type_name)
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,6 +107,25 @@ mod tests {
 
     fn rkey(value: &str) -> RecordKey {
         RecordKey::new(value).unwrap()
+    }
+
+    #[test]
+    fn record_type_is_written_and_checked() {
+        let tag = RecordType::<Profile>::default();
+        assert_eq!(
+            serde_json::to_string(&tag).unwrap(),
+            r#""app.bsky.actor.profile""#
+        );
+        for ok in [
+            r#""app.bsky.actor.profile""#,
+            r#""app.bsky.actor.profile#main""#,
+        ] {
+            serde_json::from_str::<RecordType<Profile>>(ok).unwrap();
+        }
+        let error = serde_json::from_str::<RecordType<Profile>>(r#""app.bsky.feed.post""#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("has $type"), "{error}");
     }
 
     #[test]

@@ -9,12 +9,9 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-/// Deserializes `{"<key>": "<string>"}` and returns the string.
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-    deserializer: D,
-    key: &'static str,
-) -> Result<String, D::Error> {
-    deserializer.deserialize_map(SingleKey { key })
+/// Reads the rest of a one-key wrapper object whose map has been opened.
+pub(crate) fn visit<'de, A: MapAccess<'de>>(map: A, key: &'static str) -> Result<String, A::Error> {
+    SingleKey { key }.visit_map(map)
 }
 
 struct SingleKey {

@@ -7,9 +7,9 @@
 //! even for a single-member union. So the generated code dispatches on
 //! [`UnionObject::type_name`] and writes with [`serialize_typed`].
 //!
-//! Members travel through a `serde_json` object on the way in, so nested
-//! binary-only data (DAG-CBOR bytes and links) will need a different
-//! intermediate when event streams need it.
+//! Members travel through a `serde_json` object in the data model's JSON form
+//! on the way in ([`crate::runtime::data`]), so DAG-CBOR links and bytes inside
+//! a member survive, and an unknown member is written back exactly.
 
 use serde::de::{DeserializeOwned, Error};
 use serde::{Deserialize, Serialize, Serializer};
@@ -54,11 +54,14 @@ impl UnionObject {
         &self.object
     }
 
-    /// Deserializes the variant's struct from the object. The struct ignores
-    /// the `$type` key like any other key it does not declare. An error names
-    /// the `$type` it was reading.
+    /// Deserializes the variant's struct from the object without its `$type`
+    /// (the union writes it back). An error names the `$type` it was reading.
     pub fn into_variant<T: DeserializeOwned, E: Error>(self) -> Result<T, E> {
-        let Self { type_name, object } = self;
+        let Self {
+            type_name,
+            mut object,
+        } = self;
+        object.shift_remove("$type");
         serde_json::from_value(Value::Object(object))
             .map_err(|error| E::custom(format_args!("invalid {}: {error}", Quoted(&type_name))))
     }
@@ -81,20 +84,13 @@ impl UnionObject {
 
 impl<'de> Deserialize<'de> for UnionObject {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let object = match Value::deserialize(deserializer)? {
-            Value::Object(object) => object,
-            other => {
-                return Err(D::Error::custom(format_args!(
-                    "expected a union object with $type, got {}",
-                    crate::runtime::unknown::kind(&other)
-                )));
-            }
+        let object =
+            crate::runtime::unknown::data_object(deserializer, "a union object with $type")?;
+        // `data_object` has checked that a `$type` is a non-empty string.
+        let Some(Value::String(type_name)) = object.get("$type") else {
+            return Err(D::Error::custom("union object without $type"));
         };
-        let type_name = match object.get("$type") {
-            Some(Value::String(type_name)) => type_name.clone(),
-            Some(_) => return Err(D::Error::custom("union object with a non-string $type")),
-            None => return Err(D::Error::custom("union object without $type")),
-        };
+        let type_name = type_name.clone();
         Ok(Self { type_name, object })
     }
 }
@@ -244,13 +240,10 @@ mod tests {
     fn objects_without_a_string_type_are_rejected() {
         let cases = [
             (r#"{"uri":"x"}"#, "union object without $type"),
-            (
-                r#"{"$type":5,"uri":"x"}"#,
-                "union object with a non-string $type",
-            ),
+            (r#"{"$type":5,"uri":"x"}"#, "$type must be a string, got 5"),
             (
                 r#""app.bsky.embed.images""#,
-                "expected a union object with $type, got a string",
+                "expected a JSON object for a union object with $type, got a string",
             ),
             ("null", "got null"),
         ];

@@ -32,6 +32,7 @@ impl Joiner {
         let (group, bundle) = self.installation.join_externally(&group_info.0).unwrap();
         let new_group_info = self.installation.group_info(&group, true).unwrap();
         let input = process_external_commit::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             external_commit: to_bytes(bundle.commit()).unwrap(),
             group_info: to_bytes(&new_group_info).unwrap(),

@@ -60,6 +60,7 @@ impl Member {
 
     pub async fn publish_key_package(&self) {
         let input = publish_key_packages::Input {
+            extra: Default::default(),
             key_packages: vec![mls::key_package(self.mls())],
         };
         self.client.publish_key_packages(&input).await.unwrap();
@@ -79,10 +80,12 @@ impl Member {
             .create_group(&GroupId::from_slice(&random))
             .unwrap();
         create_convo::Input {
+            extra: Default::default(),
             group_id: to_hex(group.group_id().as_slice()),
             cipher_suite: CipherSuite::Mls128Dhkemx25519Aes128gcmSha256Ed25519,
             group_info: self.exported_group_info(&group),
             metadata: Some(ConvoMetadata {
+                extra: Default::default(),
                 name: Some("test".to_owned()),
                 description: None,
             }),
@@ -121,6 +124,7 @@ impl Member {
             .prepare(convo, Change::Add(key_packages))
             .unwrap();
         add_members::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: staged.commit,
             welcome: staged.welcome.expect("a Welcome for the added device"),
@@ -236,6 +240,7 @@ impl Member {
         group_info: Vec<u8>,
     ) -> Result<commit_group_change::Output, ClientError<commit_group_change::Error>> {
         let input = commit_group_change::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             commit: Bytes(commit),
             group_info: Bytes(group_info),
@@ -302,6 +307,7 @@ impl Member {
         let sent = self.messages_sent.get() + 1;
         self.messages_sent.set(sent);
         send_message::Input {
+            extra: Default::default(),
             convo_id: convo.to_owned(),
             msg_id: format!("{}-{sent}", self.id()),
             ciphertext,

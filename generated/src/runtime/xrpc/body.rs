@@ -6,9 +6,13 @@
 //! constraints (400 naming the field), and a method without input accepts no
 //! body (400).
 
+#[cfg(feature = "server")]
 use axum::body::Body;
+#[cfg(feature = "server")]
 use axum::response::{IntoResponse, Response};
+#[cfg(feature = "server")]
 use http::HeaderValue;
+#[cfg(feature = "server")]
 use http::header::CONTENT_TYPE;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +37,7 @@ pub trait InputBody: Sized + Send + 'static {
 
 /// A body a server sends and a client decodes.
 pub trait OutputBody: Sized + Send + 'static {
+    #[cfg(feature = "server")]
     /// The 200 response carrying this body.
     fn into_response(self, route: &Route) -> Response;
     /// Decodes a 2xx response body received with `content_type`.
@@ -116,6 +121,7 @@ impl<T: DeserializeOwned + Serialize + Validate + Send + 'static> InputBody for 
 }
 
 impl<T: DeserializeOwned + Serialize + Validate + Send + 'static> OutputBody for T {
+    #[cfg(feature = "server")]
     /// Outputs are validated too: a handler that breaks the lexicon is a
     /// server bug, reported as a 500 rather than sent to clients.
     fn into_response(self, route: &Route) -> Response {
@@ -159,6 +165,7 @@ impl InputBody for RawBody {
 }
 
 impl OutputBody for RawBody {
+    #[cfg(feature = "server")]
     fn into_response(self, _route: &Route) -> Response {
         body_response(&self.content_type, self.data)
     }
@@ -194,6 +201,7 @@ impl InputBody for () {
 }
 
 impl OutputBody for () {
+    #[cfg(feature = "server")]
     fn into_response(self, _route: &Route) -> Response {
         http::StatusCode::OK.into_response()
     }
@@ -208,6 +216,7 @@ impl OutputBody for () {
     }
 }
 
+#[cfg(feature = "server")]
 /// A 200 response with a body of the given type. A content type that is
 /// not a valid header value (only possible for a hand-built `RawBody`) is a
 /// server bug.

@@ -4,9 +4,13 @@
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "server")]
 use axum::body::Body;
+#[cfg(feature = "server")]
 use axum::response::{IntoResponse, Response};
-use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+#[cfg(feature = "server")]
+use http::header::CONTENT_TYPE;
+use http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -154,12 +158,14 @@ impl XrpcError {
     }
 
     /// Replaces all extra headers (the client keeps the server's).
+    #[cfg(feature = "client")]
     pub(crate) fn with_headers(mut self, headers: HeaderMap) -> Self {
         self.0.headers = headers;
         self
     }
 }
 
+#[cfg(feature = "server")]
 impl IntoResponse for XrpcError {
     fn into_response(self) -> Response {
         let Inner {
@@ -182,6 +188,7 @@ pub(crate) struct ErrorBody {
     pub message: Option<String>,
 }
 
+#[cfg(feature = "server")]
 /// A JSON error response. Serialising two strings cannot fail; the
 /// fallback body keeps that true without a panic path.
 pub(crate) fn error_response(status: StatusCode, error: &str, message: &str) -> Response {
@@ -278,6 +285,7 @@ impl<E> From<XrpcError> for MethodError<E> {
     }
 }
 
+#[cfg(feature = "server")]
 impl<E: DeclaredError> IntoResponse for MethodError<E> {
     fn into_response(self) -> Response {
         match self {

@@ -95,6 +95,7 @@ pub(crate) struct ErrorFrame {
 }
 
 /// A complete error frame `{op: -1}` + `{error, message}`.
+#[cfg(feature = "server")]
 pub(crate) fn error_frame(error: &str, message: &str) -> Vec<u8> {
     let body = ErrorFrame {
         error: error.to_owned(),

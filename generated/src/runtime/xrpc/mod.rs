@@ -12,26 +12,30 @@
 //! | [`client`] | a typed HTTP + WebSocket client |
 
 pub mod body;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod error;
 pub mod frames;
 pub mod params;
 pub mod route;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod unknown_frames;
 
-#[cfg(test)]
+#[cfg(all(test, feature = "client", feature = "server"))]
 mod tests;
 
 pub use body::{InputBody, OutputBody};
+#[cfg(feature = "client")]
 pub use client::{ClientError, EventStream, XrpcClient};
 pub use error::{MethodError, XrpcError};
 pub use frames::{
     EventMessage, FrameHeader, OP_ERROR, OP_MESSAGE, decode_frame_body, encode_frame,
     encode_frame_body, split_frame,
 };
-pub use params::{Params, encode_params, parse_params};
+pub use params::{NoParams, Params, encode_params, parse_params};
 pub use route::{MethodKind, Param, ParamKind, Route};
+#[cfg(feature = "server")]
 pub use server::{
     BodyLimit, DEFAULT_BODY_LIMIT, Intercept, ResponseObserver, SubscriptionStream, XrpcService,
     body_limit_layer, finish, procedure, query, subscription,
@@ -40,10 +44,12 @@ pub use unknown_frames::{decode_unknown_frame, encode_unknown_frame_body, unknow
 
 /// Re-exported so generated routers (and crates built on them) can name
 /// axum without their own dependency, at the version this runtime uses.
+#[cfg(feature = "server")]
 pub use axum;
 /// Re-exported for subscription streams.
 pub use futures_util;
 /// Re-exported for `XrpcService::authenticate`'s `http::request::Parts`.
 pub use http;
 /// Re-exported for `XrpcClient::with_http_client`.
+#[cfg(feature = "client")]
 pub use reqwest;

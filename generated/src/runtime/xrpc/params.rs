@@ -19,6 +19,17 @@ pub trait Params: DeserializeOwned + Serialize + Validate + Send + 'static {}
 
 impl<T: DeserializeOwned + Serialize + Validate + Send + 'static> Params for T {}
 
+/// The parameters of a method that declares none: generated method modules
+/// have no `Params` of their own then, and routers and clients use this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NoParams {}
+
+impl Validate for NoParams {
+    fn validate(&self) -> Result<(), crate::runtime::ValidationError> {
+        Ok(())
+    }
+}
+
 /// Parses and validates the query string of a request to `route`.
 ///
 /// Arrays are repeated keys; booleans are exactly `true` or `false`;
