@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub struct Fleet {
     next_user: AtomicU64,
     /// Tokens minted during measurements because the pool ran dry.
     pub late_tokens: Arc<AtomicU64>,
+    /// Whether a measurement is running (set by the scenarios).
+    pub measuring: Arc<AtomicBool>,
 }
 
 /// A user: an identity and its pool of pre-minted tokens by method.
@@ -46,6 +48,7 @@ pub struct User {
     tokens: Arc<Mutex<HashMap<String, Vec<String>>>>,
     audience: Did,
     late_tokens: Arc<AtomicU64>,
+    measuring: Arc<AtomicBool>,
 }
 
 impl Fleet {
@@ -55,6 +58,7 @@ impl Fleet {
             audience,
             next_user: AtomicU64::new(0),
             late_tokens: Arc::new(AtomicU64::new(0)),
+            measuring: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -67,6 +71,7 @@ impl Fleet {
             tokens: Arc::default(),
             audience: self.audience.clone(),
             late_tokens: self.late_tokens.clone(),
+            measuring: self.measuring.clone(),
         })
     }
 }
@@ -87,7 +92,8 @@ impl User {
     }
 
     /// The generated client for `url`, acting as this user: a pre-minted
-    /// token per call while there are any, a fresh one after that.
+    /// token per call while there are any, a fresh one after that (counted
+    /// when minted during a measurement).
     pub fn client(&self, url: &str) -> Client {
         let user = self.clone();
         let xrpc = XrpcClient::new(url).with_token_source(move |nsid| {
@@ -97,7 +103,9 @@ impl User {
                 .ok()
                 .and_then(|mut tokens| tokens.get_mut(nsid).and_then(Vec::pop));
             Some(pooled.unwrap_or_else(|| {
-                user.late_tokens.fetch_add(1, Ordering::Relaxed);
+                if user.measuring.load(Ordering::Relaxed) {
+                    user.late_tokens.fetch_add(1, Ordering::Relaxed);
+                }
                 mint_token(&user.identity, &user.audience, nsid, TOKEN_LIFETIME)
             }))
         });

@@ -350,13 +350,10 @@ async fn run(cli: &Cli) -> Result<(), BenchError> {
         )
     };
 
-    let mut chat = None;
-    if scenarios.contains(&Scenario::Send) || scenarios.contains(&Scenario::Get) {
-        chat = Some(Chat::new(&bench).await?);
-    }
-    if let (true, Some(chat)) = (scenarios.contains(&Scenario::Send), chat.as_mut()) {
+    if scenarios.contains(&Scenario::Send) {
         step("sendMessage");
-        rows.extend(scenarios::send(&bench, chat).await?);
+        let mut chat = Chat::new(&bench).await?;
+        rows.extend(scenarios::send(&bench, &mut chat).await?);
     }
     if scenarios.contains(&Scenario::Pgbench) {
         step("pgbench baseline");
@@ -371,9 +368,11 @@ async fn run(cli: &Cli) -> Result<(), BenchError> {
             .await?,
         );
     }
-    if let (true, Some(chat)) = (scenarios.contains(&Scenario::Get), chat.as_mut()) {
+    if scenarios.contains(&Scenario::Get) {
         step("getMessages");
-        rows.extend(scenarios::get_messages(&bench, chat).await?);
+        // A conversation of its own, so that its log starts empty.
+        let mut chat = Chat::new(&bench).await?;
+        rows.extend(scenarios::get_messages(&bench, &mut chat).await?);
     }
     if scenarios.contains(&Scenario::Rejoin) {
         step("rejoin");

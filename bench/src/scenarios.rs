@@ -4,6 +4,7 @@
 //! read the log back and count duplicate and missing entries.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -132,9 +133,11 @@ impl Bench<'_> {
         F: Future<Output = (Vec<Sample>, Duration)>,
     {
         let meter = self.meter();
+        self.fleet.measuring.store(true, Ordering::Relaxed);
         let before = meter.snapshot();
         let (samples, wall) = measured.await;
         let after = meter.snapshot();
+        self.fleet.measuring.store(false, Ordering::Relaxed);
         let split = CpuSplit::between(before, after, samples.len());
         (samples, wall, split)
     }
