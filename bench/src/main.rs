@@ -300,19 +300,21 @@ async fn run(cli: &Cli) -> Result<(), BenchError> {
             .map_err(|source| BenchError::io("locating this binary".to_owned(), source))?
             .with_file_name("catbird-mls"),
     };
-    let mut services: Vec<Service> = Vec::new();
-    let (urls, pids) = if targeted {
-        (cli.url.clone(), cli.service_pid.clone())
-    } else {
-        let service = Service::start(
+    let start_service = |index: usize| {
+        Service::start(
             &binary,
             &database.url,
             &did_directory,
             &service_did,
             scratch.path(),
-            0,
+            index,
         )
-        .await?;
+    };
+    let mut services: Vec<Service> = Vec::new();
+    let (urls, pids) = if targeted {
+        (cli.url.clone(), cli.service_pid.clone())
+    } else {
+        let service = start_service(0).await?;
         let found = (vec![service.url.clone()], vec![service.pid()]);
         services.push(service);
         found
@@ -390,15 +392,7 @@ async fn run(cli: &Cli) -> Result<(), BenchError> {
         // A second replica on the same database, only for fan-out (an idle
         // one would still read every NOTIFY of the other scenarios).
         if !targeted {
-            let second = Service::start(
-                &binary,
-                &database.url,
-                &did_directory,
-                &service_did,
-                scratch.path(),
-                1,
-            )
-            .await?;
+            let second = start_service(1).await?;
             bench.urls.push(second.url.clone());
             bench.service_pids.push(second.pid());
             services.push(second);

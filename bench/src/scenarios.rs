@@ -349,27 +349,15 @@ pub async fn get_messages(bench: &Bench<'_>, chat: &mut Chat) -> Result<Vec<Row>
     Ok(rows)
 }
 
-/// The seq of the last entry of a log (paging with the largest pages).
+/// The seq of the last entry of a log.
 async fn read_tail(client: &Client, convo: &str) -> Result<i64, BenchError> {
-    let mut since = 0;
-    loop {
-        let params = get_messages::Params {
-            convo_id: convo.to_owned(),
-            since_seq: since,
-            limit: 100,
-        };
-        let page = client
-            .get_messages(&params)
-            .await
-            .map_err(DeviceError::from)?;
-        if page.last_seq <= since {
-            return Ok(since);
-        }
-        since = page.last_seq;
-    }
+    Ok(read_log(client, convo)
+        .await?
+        .last()
+        .map_or(0, |entry| entry.0))
 }
 
-/// A log as (seq, id, kind) triples.
+/// A log as (seq, id) pairs.
 type Log = Vec<(i64, String)>;
 
 async fn read_log(client: &Client, convo: &str) -> Result<Log, BenchError> {
@@ -933,9 +921,9 @@ fn thousands(n: i64) -> String {
 }
 
 fn bytes(n: i64) -> String {
-    if n >= 1 << 20 {
+    if n >= 1_000_000 {
         format!("{:.2} MB", n as f64 / 1e6)
-    } else if n >= 1 << 10 {
+    } else if n >= 1_000 {
         format!("{:.1} KB", n as f64 / 1e3)
     } else {
         format!("{n} B")
