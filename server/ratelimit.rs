@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use catbird_generated::lexicons::blue::catbird::mls::ROUTES;
+use catbird_generated::lexicons::blue::catbird::mls::{ROUTES, get_key_packages};
 use catbird_generated::runtime::xrpc::http::HeaderName;
 use catbird_generated::runtime::xrpc::http::request::Parts;
 use catbird_generated::runtime::xrpc::{MethodKind, XrpcError};
@@ -39,7 +39,7 @@ impl MethodClass {
 
     /// The class of the method `nsid`.
     pub fn of(nsid: &str) -> Self {
-        if nsid == "blue.catbird.mls.getKeyPackages" {
+        if nsid == get_key_packages::NSID {
             return Self::KeyPackageFetch;
         }
         match ROUTES.iter().find(|route| route.nsid == nsid) {
@@ -267,19 +267,14 @@ fn rejected(class: MethodClass, scope: &'static str, wait: Duration) -> XrpcErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use catbird_generated::lexicons::blue::catbird::mls::{get_messages, send_message};
 
     #[test]
     fn classes_follow_the_route_table() {
+        assert_eq!(MethodClass::of(get_messages::NSID), MethodClass::Read);
+        assert_eq!(MethodClass::of(send_message::NSID), MethodClass::Write);
         assert_eq!(
-            MethodClass::of("blue.catbird.mls.getMessages"),
-            MethodClass::Read
-        );
-        assert_eq!(
-            MethodClass::of("blue.catbird.mls.sendMessage"),
-            MethodClass::Write
-        );
-        assert_eq!(
-            MethodClass::of("blue.catbird.mls.getKeyPackages"),
+            MethodClass::of(get_key_packages::NSID),
             MethodClass::KeyPackageFetch
         );
     }

@@ -439,8 +439,9 @@ impl<'a> ModuleEmitter<'a> {
                 } else {
                     MethodKind::Query
                 };
+                let input = m.input.as_ref().filter(|_| procedure);
                 self.items
-                    .push(service::route_const(kind, m.parameters.as_ref()));
+                    .push(service::route_const(kind, m.parameters.as_ref(), input));
                 self.items.push(service::response_alias(kind));
             }
             Def::Subscription(s) => {
@@ -462,7 +463,7 @@ impl<'a> ModuleEmitter<'a> {
                 self.errors(&s.errors);
                 let kind = MethodKind::Subscription;
                 self.items
-                    .push(service::route_const(kind, s.parameters.as_ref()));
+                    .push(service::route_const(kind, s.parameters.as_ref(), None));
                 self.items.push(service::response_alias(kind));
             }
             Def::PermissionSet(p) => self.permission_set(p),

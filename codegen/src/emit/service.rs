@@ -19,7 +19,15 @@ pub enum MethodKind {
 
 /// `pub const ROUTE`: NSID, kind, parameter wire types and encodings, which
 /// the runtime uses to parse requests strictly and the client to build them.
-pub fn route_const(kind: MethodKind, params: Option<&Object>) -> TokenStream {
+pub fn route_const(kind: MethodKind, params: Option<&Object>, input: Option<&Body>) -> TokenStream {
+    // The input's top-level properties, where its schema is an inline object.
+    let input_fields: Vec<&str> = match input.and_then(|body| body.schema.as_ref()) {
+        Some(Field {
+            ty: FieldType::Object(object),
+            ..
+        }) => object.properties.iter().map(|p| p.name.as_str()).collect(),
+        _ => Vec::new(),
+    };
     let params = params
         .map_or(&[][..], |p| &p.properties[..])
         .iter()
@@ -60,6 +68,7 @@ pub fn route_const(kind: MethodKind, params: Option<&Object>) -> TokenStream {
             kind: crate::runtime::xrpc::MethodKind::#kind,
             params: &[#(#params),*],
             input: #input,
+            input_fields: &[#(#input_fields),*],
             output: #output,
         };
     }

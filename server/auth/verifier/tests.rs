@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use catbird_generated::lexicons::blue::catbird::mls::{get_convos, send_message};
 use catbird_generated::runtime::Did;
 
 use super::*;
@@ -17,7 +18,7 @@ use tempfile::TempDir;
 use crate::auth::replay::MemoryReplayStore;
 use crate::auth::resolver::DirectoryResolver;
 
-const NSID: &str = "blue.catbird.mls.getConvos";
+const NSID: &str = get_convos::NSID;
 const SERVICE: &str = "did:web:mls.catbird.test";
 
 struct Fixture {
@@ -248,14 +249,14 @@ async fn rejects_tokens_for_another_method() {
     let token = mint_token(
         &f.alice,
         &service(),
-        "blue.catbird.mls.sendMessage",
+        send_message::NSID,
         Duration::from_secs(60),
     );
     assert_eq!(
         f.verify(&token).await,
         Err(AuthError::WrongMethod {
             expected: NSID.into(),
-            got: Some("blue.catbird.mls.sendMessage".into())
+            got: Some(send_message::NSID.into())
         })
     );
     let mut claims = claims(&f.alice);

@@ -259,6 +259,7 @@ mod tests {
 
     fn route(input: Option<&'static str>) -> Route {
         Route {
+            input_fields: &[],
             nsid: "com.example.createThing",
             kind: MethodKind::Procedure,
             params: &[],

@@ -203,6 +203,7 @@ mod tests {
     ];
 
     const ROUTE: Route = Route {
+        input_fields: &[],
         nsid: "com.example.getThing",
         kind: MethodKind::Query,
         params: PARAMS,

@@ -51,6 +51,10 @@ pub struct Route {
     pub params: &'static [Param],
     /// The declared input encoding, e.g. `application/json` or `*/*`.
     pub input: Option<&'static str>,
+    /// The top-level properties of the input, where its schema is an inline
+    /// object (what a hook that reads the raw body, such as idempotency
+    /// keys, may look for), in lexicon order.
+    pub input_fields: &'static [&'static str],
     /// The declared output encoding.
     pub output: Option<&'static str>,
 }
@@ -77,6 +81,7 @@ mod tests {
     #[test]
     fn paths_and_verbs() {
         let mut route = Route {
+            input_fields: &[],
             nsid: "com.example.getThing",
             kind: MethodKind::Query,
             params: &[],

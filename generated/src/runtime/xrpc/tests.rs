@@ -21,6 +21,7 @@ use crate::runtime::{DeclaredError, RawBody, ResultExt as _, Validate, Validatio
 // ---- the "lexicon" ------------------------------------------------------
 
 const GET_THING: Route = Route {
+    input_fields: &[],
     nsid: "com.example.getThing",
     kind: MethodKind::Query,
     params: &[
@@ -42,6 +43,7 @@ const GET_THING: Route = Route {
 };
 
 const CREATE_THING: Route = Route {
+    input_fields: &[],
     nsid: "com.example.createThing",
     kind: MethodKind::Procedure,
     params: &[],
@@ -50,6 +52,7 @@ const CREATE_THING: Route = Route {
 };
 
 const UPLOAD: Route = Route {
+    input_fields: &[],
     nsid: "com.example.upload",
     kind: MethodKind::Procedure,
     params: &[],
@@ -58,6 +61,7 @@ const UPLOAD: Route = Route {
 };
 
 const PING: Route = Route {
+    input_fields: &[],
     nsid: "com.example.ping",
     kind: MethodKind::Procedure,
     params: &[],
@@ -66,6 +70,7 @@ const PING: Route = Route {
 };
 
 const SUBSCRIBE: Route = Route {
+    input_fields: &[],
     nsid: "com.example.subscribe",
     kind: MethodKind::Subscription,
     params: &[Param {
