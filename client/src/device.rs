@@ -82,7 +82,7 @@ pub struct LocalMember {
     pub device_id: String,
 }
 
-/// What a commit changes; see [`Device::prepare_commit`].
+/// What a commit changes; see [`Device::prepare`].
 #[derive(Debug, Clone)]
 pub enum Change {
     /// Add the devices of these KeyPackages (validated).
@@ -679,7 +679,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
 
     /// Builds and stages a commit in this device's group for `convo`
     /// without submitting it: the group holds it as its pending commit
-    /// until [`Self::conclude_commit`]. For apps that submit themselves
+    /// until [`Self::conclude`]. For apps that submit themselves
     /// (and tests of what the service does with a commit).
     pub fn prepare(&self, convo: &str, change: Change) -> Result<StagedMessages, DeviceError> {
         let mut group = self.group(convo)?;

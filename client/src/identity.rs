@@ -3,10 +3,11 @@
 //! documents from the same directory instead of the network.
 //!
 //! Layout of an identity directory:
-//! - `<did file name>` (see [`catbird_mls_core::auth::did::file_name`]): the DID document,
-//!   e.g. `did_plc_abcd....json`, which the directory resolver serves;
+//! - `<did file name>` (see [`catbird_mls_core::auth::did::file_name`]): the
+//!   DID document, e.g. `did_plc_abcd....json`, which the service's
+//!   directory resolver serves;
 //! - `keys/<did file name without .json>.key`: the private key in multibase
-//!   form (see [`super::keys`]), mode 0600.
+//!   form (see [`catbird_mls_core::auth::keys`]), mode 0600.
 
 use std::fs;
 use std::io::Write;

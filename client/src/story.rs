@@ -1,7 +1,9 @@
 //! The demo story, against a running service: alice and bob, one phone
-//! each, talk in a conversation; bob loses his phone; his new phone rejoins
-//! by external commit and removes the old phone's leaf; they talk again and
-//! end in the same epoch as the service. One line per step.
+//! each, talk in a conversation, every message arriving live on the
+//! receiver's event stream; bob loses his phone; his new phone rejoins by
+//! external commit and removes the old phone's leaf, which alice sees on
+//! her stream; they talk again and end in the same epoch as the service.
+//! One line per step.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,10 +12,13 @@ use catbird_generated::lexicons::blue::catbird::mls::{Client, get_epoch};
 use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::ClientError;
 
+use std::time::Duration;
+
+use catbird_generated::runtime::xrpc::futures_util::StreamExt as _;
 use catbird_mls_core::auth::Algorithm;
 
 use crate::identity::{self, LocalIdentity, LocalIdentityError};
-use crate::{Device, DeviceError};
+use crate::{ConvoEvents, Device, DeviceError, Event, Received};
 
 /// Where the service is and how it knows the users.
 #[derive(Debug, Clone)]
@@ -69,6 +74,9 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
         "alice#phone created conversation {convo} (epoch {epoch})"
     )?;
 
+    // Both follow their event streams from here on: what others do arrives
+    // live, and nothing is polled.
+    let mut alice_events = Follower::open(&mut alice_phone).await?;
     let added = alice_phone
         .add(&convo, std::slice::from_ref(&bob.did))
         .await?;
@@ -79,15 +87,51 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
         names.all(&added)
     )?;
 
-    let epoch = bob_phone.join_from_welcome(&convo).await?;
-    writeln!(out, "bob#phone joined from its Welcome (epoch {epoch})")?;
+    // Bob's stream starts with a catch-up listing the conversation he was
+    // added to: following it joins him from his Welcome.
+    let mut bob_events = Follower::open(&mut bob_phone).await?;
+    let epoch = bob_events
+        .joined
+        .ok_or_else(|| StoryError::Check("bob's catch-up did not join him".to_owned()))?;
+    writeln!(
+        out,
+        "bob#phone joined from its Welcome (epoch {epoch}), from its stream's catch-up"
+    )?;
+
+    alice_phone.send_ephemeral(&convo, "typing…").await?;
+    let typing = bob_events
+        .until(&mut bob_phone, |event| {
+            matches!(event, Event::Ephemeral { .. })
+        })
+        .await?;
+    if let Some(Event::Ephemeral { sender, text, .. }) = typing.last() {
+        let sender = names.label(sender);
+        writeln!(
+            out,
+            "bob#phone sees {sender} {text:?} (ephemeral: never stored)"
+        )?;
+    }
 
     let hello = "Hi Bob! Only our devices can read this.";
-    talk(out, &names, &convo, &mut alice_phone, &mut bob_phone, hello).await?;
+    talk(
+        out,
+        &names,
+        &convo,
+        (&mut alice_phone, &mut bob_phone, &mut bob_events),
+        hello,
+    )
+    .await?;
     let reply = "Hi Alice! The service only sees ciphertext.";
-    talk(out, &names, &convo, &mut bob_phone, &mut alice_phone, reply).await?;
+    talk(
+        out,
+        &names,
+        &convo,
+        (&mut bob_phone, &mut alice_phone, &mut alice_events),
+        reply,
+    )
+    .await?;
 
-    drop(bob_phone);
+    drop((bob_phone, bob_events));
     writeln!(out, "bob#phone is lost, and its MLS state with it")?;
 
     let mut bob_phone2 = Device::new(&bob.did, "phone2", client_for(&bob, options))?;
@@ -103,12 +147,26 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
         "bob#phone2 removed bob's old leaf {} (epoch {epoch})",
         names.all(&removed)
     )?;
+    let mut bob2_events = Follower::open(&mut bob_phone2).await?;
 
-    let missed = alice_phone.sync(&convo).await?;
-    if !missed.is_empty() {
-        return Err(StoryError::Check(format!(
-            "alice#phone read unexpected messages: {missed:?}"
-        )));
+    // Alice learns of both commits from her stream.
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        let events = alice_events
+            .until(&mut alice_phone, |event| {
+                matches!(event, Event::Membership(_))
+            })
+            .await?;
+        for event in events {
+            if let Event::Membership(change) = event {
+                changes.push(format!(
+                    "{} {} at seq {}",
+                    names.label(&change.device_id),
+                    change.change.as_str(),
+                    change.seq
+                ));
+            }
+        }
     }
     let epoch = alice_phone.epoch(&convo)?;
     let members = alice_phone.members(&convo)?;
@@ -116,7 +174,8 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
     let members = members.collect::<Vec<_>>().join(", ");
     writeln!(
         out,
-        "alice#phone processed both commits (epoch {epoch}); members: {members}"
+        "alice#phone's stream: {} (epoch {epoch}); members: {members}",
+        changes.join(", ")
     )?;
 
     let hello = "Welcome back, Bob.";
@@ -124,8 +183,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
         out,
         &names,
         &convo,
-        &mut alice_phone,
-        &mut bob_phone2,
+        (&mut alice_phone, &mut bob_phone2, &mut bob2_events),
         hello,
     )
     .await?;
@@ -134,8 +192,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
         out,
         &names,
         &convo,
-        &mut bob_phone2,
-        &mut alice_phone,
+        (&mut bob_phone2, &mut alice_phone, &mut alice_events),
         reply,
     )
     .await?;
@@ -155,27 +212,92 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
     Ok(())
 }
 
-/// `from` sends `text`; `to` reads the log and must find exactly that.
+/// `from` sends `text`; `to` receives it live on its stream, and it must be
+/// exactly that.
 async fn talk(
     out: &mut impl Write,
     names: &Names,
     convo: &str,
-    from: &mut Device,
-    to: &mut Device,
+    (from, to, events): (&mut Device, &mut Device, &mut Follower),
     text: &str,
 ) -> Result<(), StoryError> {
     from.send(convo, text).await?;
-    let received = to.sync(convo).await?;
+    let received = events
+        .until(to, |event| matches!(event, Event::Received { .. }))
+        .await?;
     let reader = names.device(to);
-    match received.as_slice() {
+    let messages: Vec<&Received> = received
+        .iter()
+        .filter_map(|event| match event {
+            Event::Received { messages, .. } => Some(messages),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    match messages.as_slice() {
         [message] if message.text == text => {
             let sender = names.label(&message.sender);
-            writeln!(out, "{reader} reads from {sender}: {:?}", message.text)?;
+            writeln!(
+                out,
+                "{reader} receives live from {sender}: {:?}",
+                message.text
+            )?;
             Ok(())
         }
         _ => Err(StoryError::Check(format!(
-            "{reader} expected to read {text:?}, read {received:?}"
+            "{reader} expected to receive {text:?}, received {messages:?}"
         ))),
+    }
+}
+
+/// A device's event stream, followed with the resume contract.
+struct Follower {
+    events: ConvoEvents,
+    /// The epoch the catch-up joined a conversation at, if it did.
+    joined: Option<u64>,
+}
+
+/// How long the story waits for an event before it calls the service stuck.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
+impl Follower {
+    /// Opens `device`'s stream and applies its first frame (the catch-up).
+    async fn open(device: &mut Device) -> Result<Self, StoryError> {
+        let mut follower = Self {
+            events: device.subscribe().await?,
+            joined: None,
+        };
+        for event in follower.next(device).await? {
+            if let Event::Joined { epoch, .. } = event {
+                follower.joined = Some(epoch);
+            }
+        }
+        Ok(follower)
+    }
+
+    /// Applies the next frame; returns what it did.
+    async fn next(&mut self, device: &mut Device) -> Result<Vec<Event>, StoryError> {
+        let frame = tokio::time::timeout(EVENT_WAIT, self.events.next())
+            .await
+            .map_err(|_| StoryError::Check(format!("no event within {EVENT_WAIT:?}")))?
+            .ok_or_else(|| StoryError::Check("the event stream ended".to_owned()))?
+            .map_err(DeviceError::from)?;
+        Ok(device.follow(frame).await?)
+    }
+
+    /// Applies frames until one produces an event `wanted` accepts; returns
+    /// the events of that frame.
+    async fn until(
+        &mut self,
+        device: &mut Device,
+        wanted: impl Fn(&Event) -> bool,
+    ) -> Result<Vec<Event>, StoryError> {
+        loop {
+            let events = self.next(device).await?;
+            if events.iter().any(&wanted) {
+                return Ok(events);
+            }
+        }
     }
 }
 

@@ -278,3 +278,27 @@ async fn log_seqs(app: &TestApp, user: &LocalIdentity, convo: &str) -> Vec<i64> 
         since = page.last_seq;
     }
 }
+
+/// `catbird-mls-client demo`'s story end to end, every message arriving on
+/// the receiver's event stream; its lines are the README's example.
+#[sqlx::test(migrations = "./migrations")]
+async fn the_demo_story_runs_over_the_event_streams(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let options = catbird_mls_client::story::Options {
+        url: app.url(""),
+        did_directory: app.did_directory().to_owned(),
+        service_did: catbird_generated::runtime::Did::new(crate::common::SERVICE_DID).unwrap(),
+    };
+    let mut out = Vec::new();
+    catbird_mls_client::story::run(&options, &mut out).await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    for line in [
+        "bob#phone joined from its Welcome (epoch 1), from its stream's catch-up",
+        "bob#phone sees alice#phone \"typing…\" (ephemeral: never stored)",
+        "bob#phone receives live from alice#phone: \"Hi Bob! Only our devices can read this.\"",
+        "alice#phone's stream: bob#phone2 added at seq 4, bob#phone removed at seq 5 (epoch 3); members: alice#phone, bob#phone2",
+        "epochs: alice#phone 3, bob#phone2 3, service 3",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line:?} in:\n{out}");
+    }
+}

@@ -203,7 +203,7 @@ impl<'a> MethodSpec<'a> {
             MethodKind::Subscription => "subscription",
         };
         let module = self.module.to_string();
-        let text = format!("`{}` ({kind}): see [`{module}`]({module}).", self.nsid);
+        let text = format!("`{}` ({kind}): see [`{module}`](mod@{module}).", self.nsid);
         doc_attrs(Some(&text))
     }
 }

@@ -16,7 +16,7 @@ pub use keys::{Algorithm, KeyError, PrivateKey, PublicKey};
 /// problem with the token the caller sent; the messages are written for that
 /// caller and never contain server internals (the `String`s of
 /// [`AuthError::UnresolvableDid`] and [`AuthError::Internal`] may, which is
-/// why [`crate::error`] does not send them).
+/// why the service's error mapping does not send them).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header at all.
