@@ -290,7 +290,9 @@ async fn the_demo_story_runs_over_the_event_streams(pool: PgPool) {
         service_did: catbird_generated::runtime::Did::new(crate::common::SERVICE_DID).unwrap(),
     };
     let mut out = Vec::new();
-    catbird_mls_client::story::run(&options, &mut out).await.unwrap();
+    catbird_mls_client::story::run(&options, &mut out)
+        .await
+        .unwrap();
     let out = String::from_utf8(out).unwrap();
     for line in [
         "bob#phone joined from its Welcome (epoch 1), from its stream's catch-up",
