@@ -16,6 +16,8 @@ use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::http::HeaderName;
 use clap::{Args, ValueEnum};
 
+use catbird_generated::lexicons::blue::catbird::mls::send_ephemeral;
+
 use crate::convos::ConvoSettings;
 use crate::db::DatabaseUrl;
 use crate::idempotency::IdempotencySettings;
@@ -288,7 +290,7 @@ pub struct ServeConfig {
     pub max_streams_per_user: u32,
     /// Largest sendEphemeral ciphertext, in bytes (the lexicon allows 4096).
     #[arg(long, env = "CATBIRD_EPHEMERAL_MAX_BYTES", default_value_t = 4096,
-          value_parser = clap::value_parser!(u32).range(1..=4096))]
+          value_parser = clap::value_parser!(u32).range(1..=send_ephemeral::Input::CIPHERTEXT_MAX as i64))]
     pub ephemeral_max_bytes: u32,
     /// sendEphemeral messages per minute per caller DID (0: unlimited).
     #[arg(long, env = "CATBIRD_RATE_LIMIT_EPHEMERAL", default_value_t = 120)]

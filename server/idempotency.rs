@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::response::{IntoResponse as _, Response};
 use bytes::Bytes;
+use catbird_generated::lexicons::blue::catbird::mls::send_message;
 use catbird_generated::runtime::xrpc::http::header::CONTENT_TYPE;
 use catbird_generated::runtime::xrpc::http::{HeaderValue, StatusCode};
 use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError};
@@ -36,9 +37,9 @@ pub fn takes_key(route: &Route) -> bool {
     route.input_fields.contains(&KEY_FIELD)
 }
 
-/// The lexicons' limit on a key, in bytes. Longer keys are left to the
-/// input decoder, which rejects them.
-const MAX_KEY_BYTES: usize = 64;
+/// The lexicons' limit on a key, in bytes (every keyed method declares the
+/// same one). Longer keys are left to the input decoder, which rejects them.
+const MAX_KEY_BYTES: usize = send_message::Input::IDEMPOTENCY_KEY_MAX;
 
 /// How long a claim holds without a response: after this the claimant is
 /// presumed dead (a crashed process) and a retry with the same input may

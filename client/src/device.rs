@@ -32,13 +32,13 @@ use crate::installation::{Installation, StagedMessages, to_bytes};
 use crate::mls::{SUITE, describe, device_of, lexicon_suite, read_body, read_message};
 
 /// getMessages page size: the lexicon's maximum.
-const PAGE_SIZE: i64 = 100;
+const PAGE_SIZE: i64 = get_messages::Params::LIMIT_MAX;
 
 /// How often a rejoin is retried when another commit wins the epoch.
 const REJOIN_ATTEMPTS: usize = 5;
 
 /// publishKeyPackages takes at most this many per call.
-const PUBLISH_BATCH: usize = 100;
+const PUBLISH_BATCH: usize = publish_key_packages::Input::KEY_PACKAGES_MAX;
 
 /// One device of a user. Its groups live in its installation's storage `S`
 /// (in memory by default; see [`crate::Provider`]).
@@ -813,9 +813,9 @@ fn lexicon_epoch(epoch: GroupEpoch) -> i64 {
     i64::try_from(epoch.as_u64()).unwrap_or(i64::MAX)
 }
 
-/// `confirmWelcome`'s errorDetails holds at most 4096 bytes.
+/// `confirmWelcome`'s errorDetails, cut to the lexicon's limit.
 fn truncate(text: &str) -> String {
-    let mut end = text.len().min(4096);
+    let mut end = text.len().min(confirm_welcome::Input::ERROR_DETAILS_MAX);
     while !text.is_char_boundary(end) {
         end -= 1;
     }

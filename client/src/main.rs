@@ -6,8 +6,11 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use catbird_generated::lexicons::blue::catbird::mls::publish_key_package;
+use catbird_generated::lexicons::blue::catbird::mls::{
+    publish_key_package, subscribe_convo_events,
+};
 use catbird_generated::runtime::Did;
+use catbird_generated::runtime::xrpc::futures_util::StreamExt as _;
 use catbird_mls_client::{identity, keypackage, story};
 use catbird_mls_core::auth::Algorithm;
 use catbird_mls_core::device::DeviceId;
@@ -87,6 +90,23 @@ enum Command {
         #[arg(long)]
         last_resort: bool,
     },
+    /// Follow a device's event stream (subscribeConvoEvents) and print each
+    /// frame as a JSON line, as it arrives, until the stream ends. The
+    /// payloads stay encrypted: this device holds no MLS state.
+    Follow {
+        /// The identity's DID.
+        did: String,
+        /// The device name: the stream is for `<did>#<device>`.
+        #[arg(long, default_value = "cli")]
+        device: String,
+        /// The service's base URL.
+        #[arg(long, env = "CATBIRD_URL", default_value = "http://127.0.0.1:2583")]
+        url: String,
+        #[command(flatten)]
+        audience: Audience,
+        #[command(flatten)]
+        directory: Directory,
+    },
     /// Run the demo against a running service (`scripts/serve`): new local
     /// users alice and bob talk in a conversation, bob's phone is lost and
     /// his new phone rejoins by external commit. One line per step.
@@ -135,6 +155,13 @@ async fn main() -> std::process::ExitCode {
             audience,
             directory,
         } => demo(url, &audience, directory).await,
+        Command::Follow {
+            did,
+            device,
+            url,
+            audience,
+            directory,
+        } => follow(&did, &device, &url, &audience, &directory).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -187,6 +214,26 @@ async fn demo(url: String, audience: &Audience, directory: Directory) -> CliResu
         service_did: Did::new(&audience.service_did)?,
     };
     story::run(&options, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
+async fn follow(
+    did: &str,
+    device: &str,
+    url: &str,
+    audience: &Audience,
+    directory: &Directory,
+) -> CliResult {
+    let identity = identity::load_identity(&directory.did_directory, &Did::new(did)?)?;
+    let client = identity::service_client(url, &identity, &Did::new(&audience.service_did)?);
+    let params = subscribe_convo_events::Params {
+        device_id: DeviceId::parse(&format!("{did}#{device}"))?.to_string(),
+        ticket: None,
+    };
+    let mut events = client.subscribe_convo_events(&params).await?;
+    while let Some(frame) = events.next().await {
+        print_line(&serde_json::to_string(&frame?)?)?;
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! inline type that needs a name (objects, unions, strings with a value set)
 //! gets a type name, keyed by the JSON pointer of the node it comes from.
 //! Names that collide after case conversion are disambiguated
-//! deterministically (see `codegen/NAMING.md`), never refused; every rename
+//! deterministically (the rules: README, "Names"), never refused; every rename
 //! is reported as a note.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -249,7 +249,7 @@ fn variant_notes(
 }
 
 /// Plans every name. It never fails: collisions are disambiguated and noted
-/// (`Plan::notes`, see `codegen/NAMING.md`).
+/// (`Plan::notes`; the rules: README, "Names").
 pub fn plan(catalog: &Catalog) -> Plan {
     let mut plan = Plan {
         modules: HashMap::new(),

@@ -1,5 +1,5 @@
 //! NSID prefixes whose Rust modules collide generate, numbered and noted
-//! (`codegen/NAMING.md`); the other collisions are in the fixture crate's
+//! (the README's "Names" section); the other collisions are in the fixture crate's
 //! `collide.json`.
 
 #[test]

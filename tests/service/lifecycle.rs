@@ -294,6 +294,8 @@ async fn the_demo_story_runs_over_the_event_streams(pool: PgPool) {
         .await
         .unwrap();
     let out = String::from_utf8(out).unwrap();
+    // Shown with --nocapture: the README's example output.
+    println!("{out}");
     for line in [
         "bob#phone joined from its Welcome (epoch 1), from its stream's catch-up",
         "bob#phone sees alice#phone \"typing…\" (ephemeral: never stored)",

@@ -370,7 +370,7 @@ impl<'a> ModuleEmitter<'a> {
             Some(note) => {
                 let text = description.map_or(String::new(), |d| format!("{d}\n\n"));
                 doc_attrs(Some(&format!(
-                    "{text}Rust name: {note} (see codegen/NAMING.md)."
+                    "{text}Rust name: {note} (see the README: Names)."
                 )))
             }
             None => doc_attrs(description),
@@ -776,6 +776,7 @@ impl<'a> ModuleEmitter<'a> {
                     ty.clone()
                 }
             };
+            defaults.extend(limit_const(&p.field, &field_ident, &p.name));
             let serde_attr = (!serde_attrs.is_empty()).then(|| quote!(#[serde(#(#serde_attrs),*)]));
             fields.push(quote! {
                 #docs
@@ -1222,4 +1223,50 @@ fn default_value(field: &Field, ty: &TokenStream) -> Option<TokenStream> {
         }
         _ => None,
     }
+}
+
+/// The upper limit of a property as an associated constant (`TEXT_MAX`), so
+/// that code using the type takes the lexicon's limit instead of copying it:
+/// `maxLength` of a string (UTF-8 bytes), bytes or array (`usize`), or
+/// `maximum` of an integer (`i64`).
+fn limit_const(field: &Field, field_ident: &Ident, name: &str) -> Option<TokenStream> {
+    let constant = format_ident!(
+        "{}_MAX",
+        field_ident
+            .to_string()
+            .trim_start_matches("r#")
+            .to_uppercase()
+    );
+    let (value, doc) = match &field.ty {
+        FieldType::String(s) => (
+            quote_usize(s.max_length?),
+            format!(" The lexicon's `maxLength` of `{name}`, in UTF-8 bytes."),
+        ),
+        FieldType::Bytes(b) => (
+            quote_usize(b.max_length?),
+            format!(" The lexicon's `maxLength` of `{name}`, in bytes."),
+        ),
+        FieldType::Array(a) => (
+            quote_usize(a.max_length?),
+            format!(" The lexicon's `maxLength` of `{name}`, in items."),
+        ),
+        FieldType::Integer(i) => {
+            let max = proc_macro2::Literal::i64_unsuffixed(i.maximum?);
+            let doc = format!(" The lexicon's `maximum` of `{name}`.");
+            return Some(quote! {
+                #[doc = #doc]
+                pub const #constant: i64 = #max;
+            });
+        }
+        _ => return None,
+    };
+    Some(quote! {
+        #[doc = #doc]
+        pub const #constant: usize = #value;
+    })
+}
+
+fn quote_usize(value: u64) -> TokenStream {
+    let literal = proc_macro2::Literal::u64_unsuffixed(value);
+    quote!(#literal)
 }
