@@ -157,19 +157,7 @@ pub async fn read(
     let convo_id = mls_crypto::to_hex(group_id);
     let messages = entries
         .into_iter()
-        .map(|entry| {
-            Ok(MessageView {
-                extra: Default::default(),
-                id: entry.id,
-                convo_id: convo_id.clone(),
-                seq: entry.seq,
-                epoch: entry.epoch,
-                kind: entry.kind.into(),
-                payload: Bytes(entry.payload),
-                sender: entry.sender.as_deref().map(db::stored_did).transpose()?,
-                created_at: Datetime::from(entry.created_at),
-            })
-        })
+        .map(|entry| view(&convo_id, entry))
         .collect::<Result<_, ServiceError>>()?;
     Ok(Page {
         messages,
@@ -180,6 +168,21 @@ pub async fn read(
             missing_seqs,
             total_messages: convo.last_seq,
         },
+    })
+}
+
+/// A log entry as getMessages (and the event stream) show it.
+pub fn view(convo_id: &str, entry: store::log::Entry) -> Result<MessageView, ServiceError> {
+    Ok(MessageView {
+        extra: Default::default(),
+        id: entry.id,
+        convo_id: convo_id.to_owned(),
+        seq: entry.seq,
+        epoch: entry.epoch,
+        kind: entry.kind.into(),
+        payload: Bytes(entry.payload),
+        sender: entry.sender.as_deref().map(db::stored_did).transpose()?,
+        created_at: Datetime::from(entry.created_at),
     })
 }
 

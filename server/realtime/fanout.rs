@@ -7,16 +7,16 @@
 
 use std::sync::Arc;
 
-use catbird_generated::lexicons::blue::catbird::mls::defs::{MessageKind, MessageView};
 use catbird_generated::lexicons::blue::catbird::mls::subscribe_convo_events::{
     Ephemeral, LogEntry, Membership, MembershipChange, Message, Welcome,
 };
-use catbird_generated::runtime::{Bytes, Datetime, Did};
+use catbird_generated::runtime::{Bytes, Did};
 use sqlx::PgPool;
 
 use super::bus::{Announcement, EventSource, backoff};
 use super::hub::{Hub, Item};
 use super::store;
+use crate::convos::log;
 use crate::convos::store::LeftReason;
 use crate::convos::store::log::EntryKind;
 use crate::mls_crypto::to_hex;
@@ -33,15 +33,17 @@ pub async fn run(mut source: impl EventSource, db: PgPool, hub: Arc<Hub>) {
             continue;
         }
         attempt = 0;
-        if !first {
+        if first {
+            // Streams may have opened before the first connection.
+            if !hub.is_empty() {
+                hub.resync_all();
+            }
+        } else {
             metrics::counter!("realtime_listener_reconnects_total").increment(1);
             tracing::info!("realtime: listening again; every stream resyncs");
-        }
-        first = false;
-        // Also on the first connection: streams may have opened before it.
-        if !hub.is_empty() {
             hub.resync_all();
         }
+        first = false;
         loop {
             match source.next().await {
                 Ok(payload) => {
@@ -113,24 +115,20 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
     let local = hub.connected(recipients.iter().map(String::as_str));
     let convo_id = to_hex(group_id);
     let is_commit = entry.kind == EntryKind::Commit;
-    let kind = MessageKind::from(entry.kind);
-    let view = MessageView {
-        extra: Default::default(),
-        id: entry.id,
-        convo_id: convo_id.clone(),
-        seq,
-        epoch: entry.epoch,
-        kind,
-        payload: Bytes(entry.payload),
-        sender: entry.sender.and_then(|did| Did::new(did).ok()),
-        created_at: Datetime::from(entry.created_at),
+    let accepted_at = entry.created_at;
+    let view = match log::view(&convo_id, entry) {
+        Ok(view) => view,
+        Err(error) => {
+            tracing::error!(%error, seq, "realtime: an announced entry does not read back");
+            return Ok(());
+        }
     };
     let frame = Item::Frame(
         Arc::new(Message::LogEntry(LogEntry {
             extra: Default::default(),
             message: view,
         })),
-        Some(entry.created_at),
+        Some(accepted_at),
     );
     for device in &local {
         hub.deliver(device, &frame);
@@ -150,7 +148,7 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
                 commit_seq: seq,
                 epoch: welcome.epoch,
             })),
-            Some(entry.created_at),
+            Some(accepted_at),
         );
         hub.deliver(&welcome.device_id, &item);
     }
@@ -178,7 +176,7 @@ async fn entry(db: &PgPool, hub: &Hub, group_id: &[u8], seq: i64) -> Result<(), 
                     Some(LeftReason::Left) => MembershipChange::Left,
                 },
             })),
-            Some(entry.created_at),
+            Some(accepted_at),
         );
         for device in &audience {
             hub.deliver(device, &item);

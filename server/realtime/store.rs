@@ -8,32 +8,16 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use crate::convos::store::LeftReason;
-use crate::convos::store::log::EntryKind;
+use crate::convos::store::log::{self, Entry};
 
-/// An announced log entry as fan-out sends it.
-pub struct AnnouncedEntry {
-    pub id: String,
-    pub epoch: i64,
-    pub kind: EntryKind,
-    pub payload: Vec<u8>,
-    pub sender: Option<String>,
-    pub created_at: DateTime<Utc>,
-}
-
+/// The announced entry at `seq`.
 pub async fn entry(
     db: &mut PgConnection,
     group_id: &[u8],
     seq: i64,
-) -> Result<Option<AnnouncedEntry>, sqlx::Error> {
-    sqlx::query_as!(
-        AnnouncedEntry,
-        r#"SELECT id, epoch, kind AS "kind: EntryKind", payload, sender, created_at
-           FROM convo_messages WHERE convo_id = $1 AND seq = $2"#,
-        group_id,
-        seq
-    )
-    .fetch_optional(db)
-    .await
+) -> Result<Option<Entry>, sqlx::Error> {
+    let mut entries = log::read_log(db, group_id, seq - 1, seq, 1).await?;
+    Ok(entries.pop())
 }
 
 /// The devices whose leaves cover `seq`, now: membership is read at
