@@ -759,6 +759,13 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
             .collect())
     }
 
+    /// Sets where this device stands in `convo`'s log: for an app that
+    /// keeps [`Self::last_seq`] with its MLS state and restarts (the OpenMLS
+    /// state comes back through the storage; this is the other half).
+    pub fn restore_position(&mut self, convo: &str, last_seq: i64) {
+        self.log(convo).last_seq = last_seq;
+    }
+
     /// Marks the entry at `seq` as applied by other means (a commit this
     /// device processed before the service accepted it), so that
     /// [`Self::sync`] does not apply it again.
