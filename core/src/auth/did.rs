@@ -9,7 +9,7 @@ use catbird_generated::runtime::Did;
 use serde::{Deserialize, Serialize};
 
 use super::AuthError;
-use super::keys::PublicKey;
+use super::keys::{LEGACY_K256, LEGACY_P256, PublicKey};
 
 /// The parts of a DID document atproto uses. Unknown fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,8 +46,9 @@ pub struct VerificationMethod {
 }
 
 impl DidDocument {
-    /// The atproto signing key: the `Multikey` verification method with id
-    /// `<did>#atproto` (or `#atproto`).
+    /// The atproto signing key: the verification method with id
+    /// `<did>#atproto` (or `#atproto`), a `Multikey` or one of the legacy
+    /// `EcdsaSecp256k1VerificationKey2019` / `EcdsaSecp256r1VerificationKey2019`.
     pub fn signing_key(&self) -> Result<PublicKey, AuthError> {
         let method = self
             .verification_method
@@ -57,14 +58,16 @@ impl DidDocument {
                     || method.id.strip_suffix("#atproto") == Some(self.id.as_str())
             })
             .ok_or(AuthError::NoSigningKey)?;
-        if method.kind != "Multikey" {
-            return Err(AuthError::NoSigningKey);
-        }
-        let multikey = method
+        let multibase = method
             .public_key_multibase
             .as_deref()
             .ok_or(AuthError::NoSigningKey)?;
-        PublicKey::from_multikey(multikey).map_err(|error| {
+        let key = match method.kind.as_str() {
+            "Multikey" => PublicKey::from_multikey(multibase),
+            LEGACY_K256 | LEGACY_P256 => PublicKey::from_legacy(&method.kind, multibase),
+            _ => return Err(AuthError::NoSigningKey),
+        };
+        key.map_err(|error| {
             tracing::debug!(did = %self.id, %error, "unusable #atproto key");
             AuthError::NoSigningKey
         })
@@ -136,6 +139,42 @@ mod tests {
                 Err(AuthError::NoSigningKey),
                 "{id} {kind}"
             );
+        }
+    }
+
+    /// The legacy forms older documents (and the reference PLC directory)
+    /// publish: a bare SEC1 point, uncompressed or compressed, no
+    /// multicodec prefix, the curve named by the method's type.
+    #[test]
+    fn finds_legacy_keys_in_both_point_forms() {
+        for (algorithm, kind) in [
+            (Algorithm::Es256k, "EcdsaSecp256k1VerificationKey2019"),
+            (Algorithm::Es256, "EcdsaSecp256r1VerificationKey2019"),
+        ] {
+            let private = PrivateKey::generate(algorithm).unwrap();
+            let key = private.public_key();
+            let compressed = key.compressed();
+            let uncompressed = match &key {
+                crate::auth::PublicKey::K256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+                crate::auth::PublicKey::P256(k) => k.to_encoded_point(false).as_bytes().to_vec(),
+            };
+            for point in [compressed, uncompressed] {
+                let multibase = format!("z{}", bs58::encode(point).into_string());
+                let document = document("did:plc:abc", "#atproto", kind, Some(multibase));
+                let found = document.signing_key().unwrap();
+                assert_eq!(found, key, "{kind}");
+                let message = b"a token's signing input";
+                assert_eq!(found.verify(message, &private.sign(message)), Ok(()));
+            }
+            // The other curve's type does not decode this key.
+            let other = if kind.contains("k1") {
+                "EcdsaSecp256r1VerificationKey2019"
+            } else {
+                "EcdsaSecp256k1VerificationKey2019"
+            };
+            let multibase = format!("z{}", bs58::encode(key.compressed()).into_string());
+            let document = document("did:plc:abc", "#atproto", other, Some(multibase));
+            assert_ne!(document.signing_key().ok(), Some(key));
         }
     }
 

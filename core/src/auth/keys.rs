@@ -19,6 +19,10 @@ use super::AuthError;
 const SECP256K1_PUB: [u8; 2] = [0xe7, 0x01];
 const P256_PUB: [u8; 2] = [0x80, 0x24];
 const SECP256K1_PRIV: [u8; 2] = [0x81, 0x26];
+
+/// The legacy verification method types (see [`PublicKey::from_legacy`]).
+pub const LEGACY_K256: &str = "EcdsaSecp256k1VerificationKey2019";
+pub const LEGACY_P256: &str = "EcdsaSecp256r1VerificationKey2019";
 const P256_PRIV: [u8; 2] = [0x86, 0x26];
 
 /// A signature algorithm, named as in the JWT `alg` header.
@@ -82,6 +86,29 @@ impl PublicKey {
                 .map(Self::K256)
                 .map_err(|_| KeyError::InvalidPoint),
             P256_PUB => p256::ecdsa::VerifyingKey::from_sec1_bytes(point)
+                .map(Self::P256)
+                .map_err(|_| KeyError::InvalidPoint),
+            _ => Err(KeyError::Codec),
+        }
+    }
+
+    /// Decodes a `did:key` (`did:key:` + a Multikey).
+    pub fn from_did_key(did_key: &str) -> Result<Self, KeyError> {
+        let multikey = did_key.strip_prefix("did:key:").ok_or(KeyError::Codec)?;
+        Self::from_multikey(multikey)
+    }
+
+    /// Decodes the legacy verification methods older DID documents still
+    /// carry (the reference PLC directory publishes them): `publicKeyMultibase`
+    /// is `z` + base58btc of the bare SEC1 point, compressed or uncompressed,
+    /// without a multicodec prefix; the curve comes from the method's type.
+    pub fn from_legacy(method_type: &str, multibase: &str) -> Result<Self, KeyError> {
+        let point = decode_multibase(multibase)?;
+        match method_type {
+            LEGACY_K256 => k256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+                .map(Self::K256)
+                .map_err(|_| KeyError::InvalidPoint),
+            LEGACY_P256 => p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
                 .map(Self::P256)
                 .map_err(|_| KeyError::InvalidPoint),
             _ => Err(KeyError::Codec),

@@ -102,6 +102,50 @@ async fn accepts_es256k_and_es256_tokens() {
     assert_eq!(f.bob.key.algorithm(), Algorithm::Es256);
 }
 
+/// DID documents in the legacy form the reference PLC directory publishes
+/// (`EcdsaSecp256k1VerificationKey2019` / `...r1...`, a bare SEC1 point,
+/// uncompressed or compressed): tokens verify as with a Multikey, and a
+/// token signed by another key still does not.
+#[tokio::test]
+async fn accepts_tokens_of_legacy_verification_methods() {
+    let f = fixture();
+    let path = |did: &Did| f._dir.path().join(file_name(did));
+    for (identity, kind) in [
+        (&f.alice, "EcdsaSecp256k1VerificationKey2019"),
+        (&f.bob, "EcdsaSecp256r1VerificationKey2019"),
+    ] {
+        for compressed in [false, true] {
+            let mut document: crate::auth::DidDocument =
+                serde_json::from_slice(&std::fs::read(path(&identity.did)).unwrap()).unwrap();
+            let point = match identity.key.public_key() {
+                catbird_mls_core::auth::PublicKey::K256(key) => {
+                    key.to_encoded_point(compressed).as_bytes().to_vec()
+                }
+                catbird_mls_core::auth::PublicKey::P256(key) => {
+                    key.to_encoded_point(compressed).as_bytes().to_vec()
+                }
+            };
+            let method = &mut document.verification_method[0];
+            method.kind = kind.to_owned();
+            method.public_key_multibase = Some(format!("z{}", bs58::encode(point).into_string()));
+            std::fs::write(path(&identity.did), serde_json::to_vec(&document).unwrap()).unwrap();
+
+            let token = mint_token(identity, &service(), NSID, Duration::from_secs(60));
+            assert_eq!(f.verify(&token).await.unwrap().did, identity.did, "{kind}");
+            let impostor = LocalIdentity {
+                key: PrivateKey::generate(identity.key.algorithm()).unwrap(),
+                ..identity.clone()
+            };
+            let forged = mint_token(&impostor, &service(), NSID, Duration::from_secs(60));
+            assert_eq!(
+                f.verify(&forged).await,
+                Err(AuthError::BadSignature),
+                "{kind}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn keeps_the_service_fragment_of_iss() {
     let f = fixture();
