@@ -137,12 +137,25 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let operations = Router::new()
         .route("/xrpc/_health", get(health))
         .route("/metrics", get(metrics))
+        .route("/.well-known/did.json", get(did_document))
         .with_state(state.clone());
     let service = Arc::new(Service { state });
     let api = catbird_generated::lexicons::blue::catbird::mls::router(service);
     xrpc::finish(operations.merge(api))
         .layer(xrpc::body_limit_layer(max_body_bytes))
         .layer(axum::middleware::from_fn(telemetry::observe))
+}
+
+/// `GET /.well-known/did.json`: this service's DID document (a did:web
+/// service DID only; otherwise 404).
+async fn did_document(State(state): State<Arc<AppState>>) -> axum::response::Response {
+    match &state.did_document {
+        Some(document) => Json(document.clone()).into_response(),
+        None => xrpc::XrpcError::not_found(
+            "this service's DID is not a did:web: its document is published elsewhere",
+        )
+        .into_response(),
+    }
 }
 
 /// `GET /xrpc/_health`: the version, and whether the database answers

@@ -61,6 +61,7 @@ settings! {
     KEY_PACKAGE_LOW_WATER = "--key-package-low-water", "CATBIRD_KEY_PACKAGE_LOW_WATER";
     KEY_PACKAGE_MAX_PER_DEVICE = "--key-package-max-per-device", "CATBIRD_KEY_PACKAGE_MAX_PER_DEVICE";
     CLIENT_IP_HEADER = "--client-ip-header", "CATBIRD_CLIENT_IP_HEADER";
+    PUBLIC_URL = "--public-url", "CATBIRD_PUBLIC_URL";
 }
 
 /// A setting that cannot work, named by its flag and environment variable.
@@ -155,6 +156,8 @@ pub struct CheckedConfig {
     pub did_source: DidSource,
     pub key_packages: KeyPackageLimits,
     pub rate_limits: RateLimitSettings,
+    /// Where PDSes reach this service: the endpoint of its DID document.
+    pub public_url: String,
 }
 
 /// Settings of `catbird-mls serve`.
@@ -173,6 +176,12 @@ pub struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "CATBIRD_BIND", default_value = "127.0.0.1:2583")]
     pub bind: SocketAddr,
+    /// The URL PDSes reach this service at: the endpoint of the `#atproto_mls`
+    /// service in the DID document a did:web service DID publishes at
+    /// `/.well-known/did.json`. Default: `https://<host>` of a did:web
+    /// service DID; with `--profile local`, `http://<bind>`.
+    #[arg(long, env = "CATBIRD_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// PostgreSQL connection URL, `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
@@ -313,14 +322,34 @@ impl ServeConfig {
                 "must be at least 1",
             ));
         }
+        let service_did = self.service_did()?;
         Ok(CheckedConfig {
             database,
-            service_did: self.service_did()?,
+            public_url: self.public_url(&service_did)?,
+            service_did,
             did_source: self.did_source()?,
             key_packages: self.key_package_limits()?,
             rate_limits: self.rate_limit_settings()?,
             config: self.clone(),
         })
+    }
+
+    /// `--public-url`, or the default a did:web service DID implies.
+    fn public_url(&self, service_did: &Did) -> Result<String, ConfigError> {
+        let url = match (&self.public_url, self.profile) {
+            (Some(url), _) => url.trim_end_matches('/').to_owned(),
+            (None, Profile::Local) => format!("http://{}", self.bind),
+            (None, Profile::Production) => match service_did.as_str().strip_prefix("did:web:") {
+                Some(host) => format!("https://{}", host.replace("%3A", ":")),
+                // A did:plc document is published through the PLC directory,
+                // not by this service: the URL is only documentation then.
+                None => String::new(),
+            },
+        };
+        if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::invalid(PUBLIC_URL, "not an http(s) URL"));
+        }
+        Ok(url)
     }
 
     /// `--service-did`, which only a local run may leave out.

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod config;
 pub mod convos;
 pub mod db;
+pub mod did_web;
 pub mod error;
 pub mod idempotency;
 pub mod keypackages;

@@ -27,6 +27,8 @@ pub struct AppState {
     pub idempotency: Idempotency,
     pub audit_retention: Duration,
     pub realtime: Realtime,
+    /// The DID document this service publishes, when its DID is a did:web.
+    pub did_document: Option<serde_json::Value>,
 }
 
 impl AppState {
@@ -68,6 +70,7 @@ impl AppState {
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),
             realtime: Realtime::new(config.realtime_settings(), config.ephemeral_limits()),
+            did_document: crate::did_web::document(&checked.service_did, &checked.public_url),
         })
     }
 }

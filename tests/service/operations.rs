@@ -265,3 +265,46 @@ async fn read_response(mut stream: TcpStream) -> (u16, String) {
 async fn json_body(response: reqwest::Response) -> Value {
     serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
 }
+
+// ---- the service's DID document -------------------------------------------------
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_did_web_service_publishes_its_did_document(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let response = app
+        .http()
+        .get(app.url("/.well-known/did.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        json_body(response).await,
+        json!({
+            "@context": ["https://www.w3.org/ns/did/v1"],
+            "id": SERVICE_DID,
+            "service": [{
+                "id": "#atproto_mls",
+                "type": "AtprotoMlsService",
+                "serviceEndpoint": "https://mls.catbird.test",
+            }],
+        })
+    );
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_did_plc_service_has_no_did_document_here(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |config| {
+        config.service_did = Some("did:plc:ewvi7nxzyoun6zhxrhs64oiz".into());
+        config.public_url = Some("https://mls.example.com".into());
+    })
+    .await;
+    let response = app
+        .http()
+        .get(app.url("/.well-known/did.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(json_body(response).await["error"], "NotFound");
+}
