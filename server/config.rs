@@ -346,7 +346,7 @@ impl ServeConfig {
                 None => String::new(),
             },
         };
-        if !url.is_empty() && !(url.starts_with("https://") || url.starts_with("http://")) {
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
             return Err(ConfigError::invalid(PUBLIC_URL, "not an http(s) URL"));
         }
         Ok(url)
