@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Check the configuration, connect to the database, bind the address,
     /// run migrations, then serve until SIGTERM or Ctrl-C.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Show or change the external-commit rollout switch, for every
     /// running service process at once (it is read per request). Prints
     /// the resulting state as JSON.
@@ -48,7 +48,7 @@ enum Command {
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(config) => return serve(config).await,
+        Command::Serve(config) => return serve(*config).await,
         Command::ExternalCommits {
             database_url,
             enable,
