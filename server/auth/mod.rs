@@ -4,7 +4,8 @@
 //! with the `#atproto` key of the caller's DID and bound to this service
 //! (`aud`) and to one method (`lxm`). [`Verifier::verify`] checks it and
 //! yields the [`Caller`]; the XRPC `authenticate` hook calls it with the
-//! route's NSID, and [`crate::error`] turns an [`AuthError`] into a 401.
+//! route's NSID, and the service's error mapping turns an [`AuthError`] into
+//! a 401.
 //!
 //! | module | job |
 //! |---|---|

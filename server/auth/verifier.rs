@@ -80,7 +80,7 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
         let result = self.verify_inner(nsid, authorization).await;
         match &result {
             Ok(caller) => tracing::debug!(did = %caller.did, nsid, "service auth accepted"),
-            // Internal errors are logged where they become a 500 (crate::error);
+            // Internal errors are logged where they become a 500 (the error mapping);
             // rejections at debug, so a flood of bad tokens cannot flood the logs.
             Err(error) => tracing::debug!(%error, nsid, "service auth rejected"),
         }

@@ -45,9 +45,7 @@ impl CommitMethod<'_> {
             Self::External { .. } => process_external_commit::NSID,
         }
     }
-}
 
-impl CommitMethod<'_> {
     /// Why the devices this method's commits take out of the tree left:
     /// removeMember removes (or bans); commitGroupChange removes only
     /// leaves whose leave proposals it commits; an external commit may

@@ -208,8 +208,8 @@ pub struct Status {
     pub target_count: u32,
 }
 
-/// How many KeyPackages a device has left (the caller's own: see
-/// [`crate::service::caller_device`]).
+/// How many KeyPackages a device has left (one of the caller's own: the
+/// service checks the device before it asks).
 pub async fn status(
     db: &PgPool,
     limits: &KeyPackageLimits,
