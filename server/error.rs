@@ -57,6 +57,8 @@ pub enum ServiceError {
     #[error("{0}")]
     DuplicateMessageId(String),
     #[error("{0}")]
+    DuplicateCiphertext(String),
+    #[error("{0}")]
     WelcomeNotFound(String),
     #[error("{0}")]
     WelcomeConsumed(String),
@@ -110,6 +112,7 @@ impl ServiceError {
             Self::InvalidCiphertext(_) => ("InvalidCiphertext", StatusCode::BAD_REQUEST),
             Self::MessageTooLarge(_) => ("MessageTooLarge", StatusCode::PAYLOAD_TOO_LARGE),
             Self::DuplicateMessageId(_) => ("DuplicateMessageId", StatusCode::CONFLICT),
+            Self::DuplicateCiphertext(_) => ("DuplicateCiphertext", StatusCode::CONFLICT),
             Self::WelcomeNotFound(_) => ("WelcomeNotFound", StatusCode::NOT_FOUND),
             Self::WelcomeConsumed(_) => ("WelcomeConsumed", StatusCode::GONE),
             Self::InvalidCursor(_) => ("InvalidCursor", StatusCode::BAD_REQUEST),

@@ -11,6 +11,15 @@
 //! while the claimant is still running it waits, polling, and after
 //! [`IdempotencySettings::wait`] gives up with 409 `IdempotencyKeyInProgress`.
 //! All of this is in PostgreSQL, so it holds across service processes.
+//!
+//! sendMessage, the hot path, records its key itself (no claim, no second
+//! write): in the statement that appends the message, the key is inserted
+//! as answered by that log entry (`convo_id`, `seq`), so a key costs no
+//! extra round trip. Concurrent requests with one key serialize on the
+//! conversation row and the unique indexes; the loser finds the winner's
+//! row and answers from it ([`recorded`]). A 4xx is stored after it
+//! happened ([`record_refusal`]): a 4xx changes nothing, so a retry racing
+//! it cannot execute anything twice, and the first stored answer wins.
 
 use std::time::{Duration, Instant};
 
@@ -24,8 +33,13 @@ use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError};
 use serde_json::Value;
 use sqlx::PgPool;
 
+use catbird_generated::runtime::DeclaredError;
+use catbird_generated::runtime::xrpc::MethodError;
+use sqlx::PgConnection;
+
 use crate::auth::Caller;
 use crate::convos::sha256;
+pub use crate::convos::store::log::KeyRow;
 use crate::error::ServiceError;
 
 /// The input property that carries the key: a method takes a key when its
@@ -35,6 +49,12 @@ const KEY_FIELD: &str = "idempotencyKey";
 /// Whether `route`'s lexicon input declares an idempotency key.
 pub fn takes_key(route: &Route) -> bool {
     route.input_fields.contains(&KEY_FIELD)
+}
+
+/// Whether `route`'s handler records its key itself (see the module
+/// documentation) instead of this layer claiming it around the handler.
+fn handler_records_key(route: &Route) -> bool {
+    route.nsid == send_message::NSID
 }
 
 /// The lexicons' limit on a key, in bytes (every keyed method declares the
@@ -89,6 +109,11 @@ impl Idempotency {
         Self { db, settings }
     }
 
+    /// How long keys are kept.
+    pub fn ttl(&self) -> Duration {
+        self.settings.ttl
+    }
+
     /// The intercept decision for one procedure call.
     pub async fn intercept(
         &self,
@@ -96,7 +121,7 @@ impl Idempotency {
         caller: &Caller,
         body: &Bytes,
     ) -> Intercept {
-        if !takes_key(route) {
+        if !takes_key(route) || handler_records_key(route) {
             return Intercept::Proceed;
         }
         let Some((key, request_hash)) = key_and_hash(body) else {
@@ -336,14 +361,148 @@ async fn release(db: &PgPool, claim: &Claim) {
 /// sorted, whitespace ignored), if the body is a JSON object with a usable
 /// `idempotencyKey`.
 fn key_and_hash(body: &[u8]) -> Option<(String, Vec<u8>)> {
-    let mut input: Value = serde_json::from_slice(body).ok()?;
+    let input: Value = serde_json::from_slice(body).ok()?;
     let key = input.get(KEY_FIELD)?.as_str()?.to_owned();
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return None;
     }
+    Some((key, value_hash(input)?))
+}
+
+/// The hash of a decoded input, compared by value as the raw bodies are.
+pub fn input_hash(input: &impl serde::Serialize) -> Option<Vec<u8>> {
+    value_hash(serde_json::to_value(input).ok()?)
+}
+
+fn value_hash(mut input: Value) -> Option<Vec<u8>> {
     sort_keys(&mut input);
     let canonical = serde_json::to_vec(&input).ok()?;
-    Some((key, sha256(&canonical)))
+    Some(sha256(&canonical))
+}
+
+/// What a key recorded by its handler answers.
+#[derive(Debug)]
+pub enum Recorded {
+    /// The log entry at this seq (of the key's conversation).
+    Entry { seq: i64 },
+    /// A stored refusal (or, for keys of older processes, any response).
+    Response { status: i16, body: Vec<u8> },
+    /// A request of an older process still holds the key.
+    InProgress,
+    /// The key was used with a different input.
+    OtherInput,
+    /// The row is past its expiry and may be deleted ([`forget_expired`]).
+    Expired,
+}
+
+/// What `key` answers, if it is recorded.
+pub async fn recorded(
+    db: &mut PgConnection,
+    key: &KeyRow<'_>,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    let Some(row) = sqlx::query!(
+        r#"SELECT request_hash, state, status, body, seq,
+                  expires_at <= now() AND (state = 'done' OR lease_until <= now()) AS "expired!"
+           FROM idempotency_keys WHERE caller = $1 AND method = $2 AND key = $3"#,
+        key.caller,
+        key.method,
+        key.key,
+    )
+    .fetch_optional(db)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(if row.expired {
+        Recorded::Expired
+    } else if row.request_hash != key.request_hash {
+        count(send_message::NSID, "conflict");
+        Recorded::OtherInput
+    } else if let (Some(_), Some(seq)) = (row.status, row.seq) {
+        count(send_message::NSID, "hit");
+        Recorded::Entry { seq }
+    } else if let (Some(status), Some(body)) = (row.status, row.body) {
+        count(send_message::NSID, "hit");
+        Recorded::Response { status, body }
+    } else {
+        debug_assert_eq!(row.state, "in_progress");
+        count(send_message::NSID, "in_progress");
+        Recorded::InProgress
+    }))
+}
+
+/// Stores a handler's refusal (a 4xx) as the key's answer, unless the key
+/// is recorded already; `true` if stored.
+pub async fn record_refusal<E: DeclaredError>(
+    db: &mut PgConnection,
+    key: &KeyRow<'_>,
+    error: &MethodError<E>,
+) -> Result<bool, sqlx::Error> {
+    let body = serde_json::json!({ "error": error.name(), "message": error.message() }).to_string();
+    let stored = sqlx::query!(
+        r#"INSERT INTO idempotency_keys
+               (caller, method, key, request_hash, state, claim, lease_until, status,
+                content_type, body, expires_at)
+           VALUES ($1, $2, $3, $4, 'done', '\x', now(), $5, 'application/json', $6,
+                   now() + make_interval(secs => $7))
+           ON CONFLICT (caller, method, key) DO NOTHING"#,
+        key.caller,
+        key.method,
+        key.key,
+        key.request_hash,
+        i16::try_from(error.status().as_u16()).unwrap_or(i16::MAX),
+        body.as_bytes(),
+        key.ttl_seconds,
+    )
+    .execute(db)
+    .await?;
+    let stored = stored.rows_affected() == 1;
+    if stored {
+        count(send_message::NSID, "executed");
+    }
+    Ok(stored)
+}
+
+/// Counts a sendMessage whose key was recorded with its entry.
+pub fn executed_with_key() {
+    count(send_message::NSID, "executed");
+}
+
+/// Deletes `key`'s row if it is past its expiry (as [`delete_expired`]).
+pub async fn forget_expired(db: &mut PgConnection, key: &KeyRow<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "DELETE FROM idempotency_keys \
+         WHERE caller = $1 AND method = $2 AND key = $3 \
+           AND expires_at <= now() AND (state = 'done' OR lease_until <= now())",
+        key.caller,
+        key.method,
+        key.key,
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A stored response as the handler's error again: the same status, error
+/// name and message.
+pub fn stored_error<E: DeclaredError>(status: i16, body: &[u8]) -> MethodError<E> {
+    let status = u16::try_from(status)
+        .ok()
+        .and_then(|status| StatusCode::from_u16(status).ok())
+        .unwrap_or(StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_slice(body).unwrap_or_default();
+    let name = body
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("InvalidRequest");
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    match E::from_name(name) {
+        Some(declared) => MethodError::declared(declared, message).with_status(status),
+        None => XrpcError::new(status, name, message).into(),
+    }
 }
 
 fn sort_keys(value: &mut Value) {

@@ -31,7 +31,7 @@ use crate::error::ServiceError;
 use crate::ratelimit::MethodClass;
 use crate::realtime::{ephemeral, stream, tickets};
 use crate::state::AppState;
-use crate::{keypackages, mls_crypto};
+use crate::{idempotency, keypackages, mls_crypto};
 use crate::{rollout, telemetry};
 
 /// The XRPC service over the shared application state.
@@ -644,14 +644,22 @@ impl mls::Handler for Service {
         input: send_message::Input,
     ) -> send_message::Response {
         let group_id = convos::group_id(&input.convo_id)?;
-        let sent = log::send(
-            &self.state.db,
-            &caller.did,
-            &group_id,
-            &self.state.convos,
-            &input,
-        )
-        .await?;
+        let request_hash = match &input.idempotency_key {
+            Some(_) => idempotency::input_hash(&input)
+                .ok_or_else(|| ServiceError::Internal("hashing a sendMessage input".into()))?,
+            None => Vec::new(),
+        };
+        let key = input
+            .idempotency_key
+            .as_deref()
+            .map(|key| idempotency::KeyRow {
+                caller: caller.did.as_str(),
+                method: send_message::NSID,
+                key,
+                request_hash: &request_hash,
+                ttl_seconds: self.state.idempotency.ttl().as_secs_f64(),
+            });
+        let sent = log::send(&self.state.db, &caller.did, &group_id, &input, key.as_ref()).await?;
         Ok(send_message::Output {
             extra: Default::default(),
             message_id: input.msg_id,

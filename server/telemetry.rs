@@ -56,7 +56,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Per request: one span (method, caller filled in by the auth hook), one
-/// log line with status and latency, and the request metrics.
+/// log line with status and latency (at debug for 1xx-3xx, info for 4xx,
+/// warn for 5xx), and the request metrics.
 pub async fn observe(request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let mut method = path
@@ -73,12 +74,15 @@ pub async fn observe(request: Request, next: Next) -> Response {
     if !is_known_path(&method) {
         method = "unmatched".to_owned();
     }
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+    // Successful requests are the bulk and are what the metrics count: their
+    // line is at debug, so that at the default level it costs one filter
+    // check instead of formatting and a write per request (15-20% of
+    // sendMessage's throughput at info). Refusals and failures stay visible.
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    span.in_scope(|| match status {
+        500.. => tracing::warn!(status, latency_ms, "request"),
+        400.. => tracing::info!(status, latency_ms, "request"),
+        _ => tracing::debug!(status, latency_ms, "request"),
     });
     let labels = [("method", method), ("status", status.to_string())];
     metrics::counter!("xrpc_requests_total", &labels).increment(1);

@@ -6,11 +6,15 @@ use catbird_generated::runtime::{Bytes, Datetime, Did};
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use catbird_generated::runtime::xrpc::MethodError;
+use sqlx::PgConnection;
+
 use super::store::log::EntryKind;
-use super::{ConvoSettings, require_convo, require_member, sha256, store};
+use super::{ConvoSettings, not_found, require_convo, require_member, sha256, store};
 use crate::db;
 use crate::error::ServiceError;
 use crate::groups::engine::{self, EngineError};
+use crate::idempotency::{self, KeyRow, Recorded};
 use crate::mls_crypto;
 
 /// An accepted application message.
@@ -20,14 +24,114 @@ pub struct Sent {
     pub received_at: DateTime<Utc>,
 }
 
+/// Why sendMessage did not append, as the method answers it.
+pub type SendError = MethodError<send_message::Error>;
+
+/// How many times sendMessage runs its statement when an idempotency key
+/// changes under it (an expired row deleted, a concurrent refusal stored).
+const SEND_ATTEMPTS: usize = 3;
+
 /// sendMessage: checks the PrivateMessage's clear header against the
-/// conversation and appends it with the next seq, at the current epoch only.
+/// conversation and appends it with the next seq, at the current epoch only,
+/// in one statement ([`store::log::append_application`]). The rarer answers
+/// (a repeat, a refusal, a recorded idempotency key) are worked out after
+/// it, from what the statement reported.
 pub async fn send(
     db: &PgPool,
     caller: &Did,
     group_id: &[u8],
-    settings: &ConvoSettings,
     input: &send_message::Input,
+    key: Option<&KeyRow<'_>>,
+) -> Result<Sent, SendError> {
+    let mut conn = db.acquire().await.map_err(ServiceError::from)?;
+    for _ in 0..SEND_ATTEMPTS {
+        let error = match append(&mut conn, caller, group_id, input, key).await {
+            Ok(sent) => {
+                if key.is_some() {
+                    idempotency::executed_with_key();
+                }
+                return Ok(sent);
+            }
+            Err(error) => error,
+        };
+        let Some(key) = key else {
+            return resolve(&mut conn, group_id, input, error)
+                .await
+                .map_err(Into::into);
+        };
+        // The key's answer comes first, as if it had been checked before.
+        match idempotency::recorded(&mut conn, key)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            Some(Recorded::Entry { seq }) => {
+                let entry = store::log::find_by_seq(&mut conn, group_id, seq)
+                    .await
+                    .map_err(ServiceError::from)?
+                    .ok_or_else(|| ServiceError::Internal("a keyed message vanished".into()))?;
+                return Ok(sent(&entry));
+            }
+            Some(Recorded::Response { status, body }) => {
+                return Err(idempotency::stored_error(status, &body));
+            }
+            Some(Recorded::OtherInput) => {
+                return Err(ServiceError::IdempotencyKeyReused(format!(
+                    "idempotencyKey {:?} was already used for {} with a different input",
+                    key.key, key.method
+                ))
+                .into());
+            }
+            Some(Recorded::InProgress) => {
+                return Err(ServiceError::IdempotencyKeyInProgress(format!(
+                    "a request with idempotencyKey {:?} is still executing; retry with the same key for its response",
+                    key.key
+                ))
+                .into());
+            }
+            Some(Recorded::Expired) => {
+                idempotency::forget_expired(&mut conn, key)
+                    .await
+                    .map_err(ServiceError::from)?;
+                continue;
+            }
+            None => {}
+        }
+        if is_violation(&error, KEY_TAKEN) {
+            // Its row went away meanwhile: run again.
+            continue;
+        }
+        let refusal: SendError = match resolve(&mut conn, group_id, input, error).await {
+            // A repeat of a msgId sent without this key: its original result.
+            Ok(sent) => return Ok(sent),
+            Err(error) if error.name().is_some() => error.into(),
+            // Our own failure: nothing is stored, a retry executes anew.
+            Err(error) => return Err(error.into()),
+        };
+        if idempotency::record_refusal(&mut conn, key, &refusal)
+            .await
+            .map_err(ServiceError::from)?
+        {
+            return Err(refusal);
+        }
+        // Another request with the key was recorded first: answer as it.
+    }
+    Err(ServiceError::Internal("an idempotency key kept changing under sendMessage".into()).into())
+}
+
+/// The unique index of idempotency keys.
+const KEY_TAKEN: &str = "idempotency_keys_pkey";
+/// The unique indexes of the log: msgId and payload per conversation.
+const MSG_ID_TAKEN: &str = "convo_messages_convo_id_id_key";
+const PAYLOAD_TAKEN: &str = "convo_messages_payload";
+
+/// One run of the append statement; every refusal it can tell by itself.
+/// A unique violation comes back as the database error, for [`resolve`].
+async fn append(
+    conn: &mut PgConnection,
+    caller: &Did,
+    group_id: &[u8],
+    input: &send_message::Input,
+    key: Option<&KeyRow<'_>>,
 ) -> Result<Sent, ServiceError> {
     let (msg_id, ciphertext, epoch) = (input.msg_id.as_str(), &input.ciphertext.0[..], input.epoch);
     if let Some(padded) = input.padded_size
@@ -40,23 +144,8 @@ pub async fn send(
     }
     check_header(group_id, epoch, ciphertext)?;
     let hash = sha256(ciphertext);
-
-    let mut conn = db.acquire().await?;
-    require_convo(&mut conn, group_id).await?;
-    require_member(&mut conn, group_id, caller, settings).await?;
-    if let Some(previous) = store::log::find_by_id(&mut conn, group_id, msg_id).await? {
-        return same_message(previous, &hash, msg_id);
-    }
-    drop(conn);
-
-    let mut tx = db.begin().await?;
-    let Some(seq) = store::next_seq_at_epoch(&mut tx, group_id, epoch).await? else {
-        return Err(ServiceError::EpochMismatch(format!(
-            "the conversation is no longer at epoch {epoch}: process the log and encrypt again"
-        )));
-    };
     let entry = store::log::NewEntry {
-        seq,
+        seq: 0, // the statement takes the next one
         id: msg_id,
         epoch,
         kind: EntryKind::Application,
@@ -65,25 +154,67 @@ pub async fn send(
         sender: None,
         proposed_removal: None,
     };
-    match store::log::append(&mut tx, group_id, &entry).await {
-        Ok(received_at) => {
-            tx.commit().await?;
-            Ok(Sent {
-                seq,
-                epoch,
-                received_at,
-            })
-        }
-        // The same msgId was sent concurrently and won: answer as a repeat.
-        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-            drop(tx);
-            let mut conn = db.acquire().await?;
-            let previous = store::log::find_by_id(&mut conn, group_id, msg_id)
-                .await?
-                .ok_or_else(|| ServiceError::Internal("a message vanished".into()))?;
-            same_message(previous, &hash, msg_id)
-        }
-        Err(error) => Err(error.into()),
+    let appended =
+        store::log::append_application(conn, group_id, caller.as_str(), &entry, key).await?;
+    match appended {
+        store::log::Appended {
+            seq: Some(seq),
+            created_at: Some(received_at),
+            ..
+        } => Ok(Sent {
+            seq,
+            epoch,
+            received_at,
+        }),
+        appended if !appended.convo_exists => Err(not_found(&mls_crypto::to_hex(group_id))),
+        appended if !appended.member => Err(ServiceError::NotMember(format!(
+            "{} has no device in this conversation",
+            caller.as_str()
+        ))),
+        // A resent msgId is answered by its entry, whatever the epoch now.
+        _ => match store::log::find_by_id(conn, group_id, msg_id).await? {
+            Some(previous) => same_message(previous, &hash, msg_id),
+            None => Err(ServiceError::EpochMismatch(format!(
+                "the conversation is no longer at epoch {epoch}: process the log and encrypt again"
+            ))),
+        },
+    }
+}
+
+/// A unique violation of the append, as the method answers it: a msgId
+/// already in the log is a repeat (the original result) or a conflict; a
+/// ciphertext already in the log under another msgId is a replay. Other
+/// errors stay as they are.
+async fn resolve(
+    conn: &mut PgConnection,
+    group_id: &[u8],
+    input: &send_message::Input,
+    error: ServiceError,
+) -> Result<Sent, ServiceError> {
+    if !is_violation(&error, MSG_ID_TAKEN) && !is_violation(&error, PAYLOAD_TAKEN) {
+        return Err(error);
+    }
+    let msg_id = input.msg_id.as_str();
+    if let Some(previous) = store::log::find_by_id(conn, group_id, msg_id).await? {
+        return same_message(previous, &sha256(&input.ciphertext.0), msg_id);
+    }
+    Err(ServiceError::DuplicateCiphertext(
+        "this ciphertext is already in the conversation's log under another msgId: \
+         a message is sent once"
+            .into(),
+    ))
+}
+
+fn is_violation(error: &ServiceError, constraint: &str) -> bool {
+    matches!(error, ServiceError::Database(sqlx::Error::Database(db))
+        if db.is_unique_violation() && db.constraint() == Some(constraint))
+}
+
+fn sent(previous: &store::log::Previous) -> Sent {
+    Sent {
+        seq: previous.seq,
+        epoch: previous.epoch,
+        received_at: previous.created_at,
     }
 }
 
@@ -114,11 +245,7 @@ fn same_message(
     msg_id: &str,
 ) -> Result<Sent, ServiceError> {
     if previous.kind == EntryKind::Application && previous.payload_hash == hash {
-        Ok(Sent {
-            seq: previous.seq,
-            epoch: previous.epoch,
-            received_at: previous.created_at,
-        })
+        Ok(sent(&previous))
     } else {
         Err(ServiceError::DuplicateMessageId(format!(
             "msgId {msg_id:?} is already used in this conversation by another message"

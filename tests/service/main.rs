@@ -21,5 +21,6 @@ mod operator;
 mod rate_limits;
 mod realtime;
 mod rejoin;
+mod replayed_messages;
 mod replicas;
 mod welcomes;

@@ -71,6 +71,79 @@ pub async fn append(
     .await
 }
 
+/// An idempotency key recorded with the entry it answers (see
+/// [`crate::idempotency`]).
+pub struct KeyRow<'a> {
+    pub caller: &'a str,
+    pub method: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a [u8],
+    /// How long the key is kept, in seconds.
+    pub ttl_seconds: f64,
+}
+
+/// What [`append_application`] found: the entry it appended, or the facts
+/// that say why it did not.
+pub struct Appended {
+    pub seq: Option<i64>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub convo_exists: bool,
+    pub member: bool,
+}
+
+/// sendMessage's append in one statement (one round trip, one transaction):
+/// the caller must be a current member, the conversation at `epoch`; then
+/// the counter row is locked and advanced, the entry inserted and the
+/// idempotency key, if any, recorded as answered by it. Nothing is written
+/// unless all of it is. A unique violation (msgId, payload or key taken)
+/// fails the whole statement.
+pub async fn append_application(
+    db: &mut PgConnection,
+    group_id: &[u8],
+    caller: &str,
+    entry: &NewEntry<'_>,
+    key: Option<&KeyRow<'_>>,
+) -> Result<Appended, sqlx::Error> {
+    sqlx::query_as!(
+        Appended,
+        r#"WITH member AS (
+               SELECT FROM convo_users
+               WHERE convo_id = $1 AND did = $2 AND left_at IS NULL AND banned_at IS NULL
+           ), next AS (
+               UPDATE convos SET last_seq = last_seq + 1, last_message_at = now()
+               WHERE group_id = $1 AND epoch = $3 AND EXISTS (SELECT FROM member)
+               RETURNING last_seq
+           ), appended AS (
+               INSERT INTO convo_messages (convo_id, seq, id, epoch, kind, payload, payload_hash)
+               SELECT $1, last_seq, $4, $3, 'application', $5, $6 FROM next
+               RETURNING seq, created_at
+           ), keyed AS (
+               INSERT INTO idempotency_keys (caller, method, key, request_hash, state, claim,
+                                             lease_until, status, content_type, convo_id, seq,
+                                             expires_at)
+               SELECT $2, $7, $8, $9, 'done', '\x', now(), 200, 'application/json', $1, seq,
+                      now() + make_interval(secs => $10)
+               FROM appended WHERE $8::text IS NOT NULL
+           )
+           SELECT appended.seq AS "seq?", appended.created_at AS "created_at?",
+                  EXISTS (SELECT FROM convos WHERE group_id = $1) AS "convo_exists!",
+                  EXISTS (SELECT FROM member) AS "member!"
+           FROM (SELECT) AS one LEFT JOIN appended ON true"#,
+        group_id,
+        caller,
+        entry.epoch,
+        entry.id,
+        entry.payload,
+        entry.payload_hash,
+        key.map(|key| key.method),
+        key.map(|key| key.key),
+        key.map(|key| key.request_hash),
+        key.map_or(0.0, |key| key.ttl_seconds),
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// An entry already in the log, for answering a resubmission.
 pub struct Previous {
     pub seq: i64,
@@ -89,9 +162,7 @@ pub async fn find_handshake(
 ) -> Result<Option<Previous>, sqlx::Error> {
     sqlx::query_as!(
         Previous,
-        // The literal, not a parameter: it is the predicate of the partial
-        // unique index convo_messages_handshake, which only a query with the
-        // same predicate can use.
+        // Served by the unique index convo_messages_payload (migration 0006).
         r#"SELECT seq, epoch, kind AS "kind: EntryKind", payload_hash, sender, created_at
            FROM convo_messages
            WHERE convo_id = $1 AND payload_hash = $2 AND kind <> 'application'"#,
@@ -167,5 +238,22 @@ pub async fn read_log(
         limit
     )
     .fetch_all(db)
+    .await
+}
+
+/// The entry at `seq`, if any.
+pub async fn find_by_seq(
+    db: &mut PgConnection,
+    group_id: &[u8],
+    seq: i64,
+) -> Result<Option<Previous>, sqlx::Error> {
+    sqlx::query_as!(
+        Previous,
+        r#"SELECT seq, epoch, kind AS "kind: EntryKind", payload_hash, sender, created_at
+           FROM convo_messages WHERE convo_id = $1 AND seq = $2"#,
+        group_id,
+        seq
+    )
+    .fetch_optional(db)
     .await
 }
