@@ -198,7 +198,10 @@ fn replace_database(url: &str, name: &str) -> Result<String, BenchError> {
 #[derive(Debug, Clone, Copy)]
 pub struct ProcStat {
     pub ppid: u32,
-    /// utime + stime, in clock ticks.
+    /// utime + stime + cutime + cstime, in clock ticks: the process and
+    /// its children that ended and were waited for (PostgreSQL backends
+    /// that exited, for pgbench's short-lived connections; pgbench itself,
+    /// for this harness).
     pub cpu_ticks: u64,
 }
 
@@ -217,7 +220,7 @@ impl ProcStat {
         };
         Ok(Self {
             ppid: u32::try_from(field(4)).unwrap_or(0),
-            cpu_ticks: field(14) + field(15),
+            cpu_ticks: field(14) + field(15) + field(16) + field(17),
         })
     }
 }

@@ -60,6 +60,20 @@ pub async fn run(
         .arg(&database.url)
         .output()
         .map_err(|source| BenchError::io(format!("running {}", pgbench.display()), source))?;
+    // pgbench's backends count once they have exited and the postmaster
+    // has reaped them (its children's CPU): wait for them to be gone.
+    for _ in 0..100 {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgbench'",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .map_err(BenchError::database)?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let after = meter.snapshot();
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
