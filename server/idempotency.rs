@@ -31,6 +31,7 @@ use catbird_generated::runtime::xrpc::http::header::CONTENT_TYPE;
 use catbird_generated::runtime::xrpc::http::{HeaderValue, StatusCode};
 use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 
 use catbird_generated::runtime::DeclaredError;
@@ -38,8 +39,6 @@ use catbird_generated::runtime::xrpc::MethodError;
 use sqlx::PgConnection;
 
 use crate::auth::Caller;
-use crate::convos::sha256;
-pub use crate::convos::store::log::KeyRow;
 use crate::error::ServiceError;
 
 /// The input property that carries the key: a method takes a key when its
@@ -377,7 +376,18 @@ pub fn input_hash(input: &impl serde::Serialize) -> Option<Vec<u8>> {
 fn value_hash(mut input: Value) -> Option<Vec<u8>> {
     sort_keys(&mut input);
     let canonical = serde_json::to_vec(&input).ok()?;
-    Some(sha256(&canonical))
+    Some(Sha256::digest(&canonical).to_vec())
+}
+
+/// A key that its handler records itself (sendMessage: with the log
+/// entry that answers it, see the module documentation).
+pub struct KeyRow<'a> {
+    pub caller: &'a str,
+    pub method: &'a str,
+    pub key: &'a str,
+    pub request_hash: &'a [u8],
+    /// How long the key is kept, in seconds.
+    pub ttl_seconds: f64,
 }
 
 /// What a key recorded by its handler answers.

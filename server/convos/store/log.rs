@@ -4,6 +4,8 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::MessageKind;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use crate::idempotency::KeyRow;
+
 /// What a log entry is, as the `kind` column stores it (a text column whose
 /// CHECK constraint admits exactly these values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
@@ -69,17 +71,6 @@ pub async fn append(
     )
     .fetch_one(tx)
     .await
-}
-
-/// An idempotency key recorded with the entry it answers (see
-/// [`crate::idempotency`]).
-pub struct KeyRow<'a> {
-    pub caller: &'a str,
-    pub method: &'a str,
-    pub key: &'a str,
-    pub request_hash: &'a [u8],
-    /// How long the key is kept, in seconds.
-    pub ttl_seconds: f64,
 }
 
 /// What [`append_application`] found: the entry it appended, or the facts
