@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`create`] | createConvo |
 //! | [`commits`] | every commit: addMembers, commitGroupChange, removeMember, processExternalCommit; leaveConvo's proposal |
+//! | [`group_cache`] | parsed groups kept between commits, checked against the stored state version |
 //! | [`log`] | sendMessage, getMessages, getEpoch |
 //! | [`welcomes`] | two-phase Welcome delivery |
 //! | [`listing`] | getConvos, getExpectedConversations, getGroupInfo |
@@ -14,6 +15,7 @@
 
 pub mod commits;
 pub mod create;
+pub mod group_cache;
 pub mod listing;
 pub mod log;
 pub mod store;
