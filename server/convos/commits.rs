@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::group_cache::GroupCache;
 use super::store::log::EntryKind;
-use super::{ConvoSettings, Standing, require_rejoin_access, sha256, standing, store, welcomes};
+use super::{ConvoSettings, Standing, sha256, store, welcomes};
 use crate::error::ServiceError;
 use crate::groups::engine::{
     self, CommitOutcome, CommittedProposal, EngineError, LoadedGroup, ProposalKind,
@@ -86,12 +86,12 @@ pub async fn commit(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(commit);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id)
+    let (convo, user) = store::lock(&mut tx, group_id, caller.as_str())
         .await?
         .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     // Access first: replaying someone's accepted commit must not tell a
     // stranger anything.
-    let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
+    let is_admin = check_access(Standing::of(user, settings), caller, settings, &method)?;
     if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
         // The same commit again from its committer: the original result.
         return Ok(Accepted {
@@ -207,19 +207,19 @@ async fn resubmitted(
         .filter(|previous| previous.sender.as_deref() == Some(caller.as_str())))
 }
 
-/// Who may commit through `method`; returns whether the caller is an admin.
-async fn check_access(
-    tx: &mut PgConnection,
-    group_id: &[u8],
+/// Who may commit through `method`, given the caller's standing; returns
+/// whether the caller is an admin.
+fn check_access(
+    standing: Standing,
     caller: &Did,
     settings: &ConvoSettings,
     method: &CommitMethod<'_>,
 ) -> Result<bool, ServiceError> {
     if let CommitMethod::External { .. } = method {
-        require_rejoin_access(tx, group_id, caller, settings).await?;
+        standing.rejoin_access(caller, settings)?;
         return Ok(false);
     }
-    match standing(tx, group_id, caller, settings).await? {
+    match standing {
         Standing::Current { is_admin, .. } => Ok(is_admin),
         _ => Err(ServiceError::NotMember(format!(
             "{} has no device in this conversation",
@@ -434,17 +434,15 @@ pub async fn propose_leave(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(proposal);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id)
+    let (convo, user) = store::lock(&mut tx, group_id, caller.as_str())
         .await?
         .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     check_access(
-        &mut tx,
-        group_id,
+        Standing::of(user, settings),
         caller,
         settings,
         &CommitMethod::GroupChange,
-    )
-    .await?;
+    )?;
     if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
         return Ok(Accepted {
             epoch: previous.epoch,

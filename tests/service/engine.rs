@@ -1131,3 +1131,38 @@ fn state_that_does_not_load_is_an_internal_error() {
         Err(EngineError::Internal(why)) if why.contains("version 999")
     ));
 }
+
+/// A group state as the service stored it before migration 0007 (JSON,
+/// bytes as arrays of numbers, the whole tree inline): a 20-member group at
+/// epoch 11, taken from a benchmark run of that version.
+const LEGACY_STATE: &[u8] = include_bytes!("fixtures/legacy-group-state-20-members.json");
+const LEGACY_GROUP: [u8; 16] = [
+    0x4c, 0xaa, 0x3a, 0x91, 0xe6, 0x44, 0xf9, 0x38, 0x03, 0x13, 0xff, 0xc1, 0xfb, 0x34, 0x10, 0xf5,
+];
+
+#[test]
+fn a_legacy_json_state_loads_and_is_stored_in_the_new_layout() {
+    let legacy = head_only(LEGACY_STATE);
+    let group = LoadedGroup::load(&legacy, &LEGACY_GROUP).expect("the legacy state loads");
+    assert_eq!(group.epoch(), 11);
+    let members = group.members().expect("members");
+    assert_eq!(members.len(), 20);
+
+    // Saved, it is a small binary head and a row per non-blank node, which
+    // load to the same group.
+    let stored = group.snapshot().expect("a snapshot");
+    assert_ne!(stored.head.first(), Some(&b'{'));
+    assert!(
+        stored.head.len() < 1024,
+        "head of {} bytes",
+        stored.head.len()
+    );
+    assert!(stored.nodes.len() >= members.len());
+    let stored_size: usize =
+        stored.head.len() + stored.nodes.iter().map(|(_, n)| n.len()).sum::<usize>();
+    assert!(stored_size * 3 < LEGACY_STATE.len(), "{stored_size} bytes");
+    let reloaded = LoadedGroup::load(&stored, &LEGACY_GROUP).expect("the new layout loads");
+    assert_eq!(reloaded.epoch(), 11);
+    assert_eq!(reloaded.members(), Ok(members));
+    assert_eq!(reloaded.snapshot().expect("a snapshot"), stored);
+}

@@ -22,16 +22,50 @@ pub struct Locked {
 }
 
 /// Locks a conversation: every write to its log and epoch goes through this
-/// lock, so the counter is gapless and one commit per epoch wins.
-pub async fn lock(tx: &mut PgConnection, group_id: &[u8]) -> Result<Option<Locked>, sqlx::Error> {
-    sqlx::query_as!(
-        Locked,
-        "SELECT epoch, last_seq, state_version, cipher_suite FROM convos \
-         WHERE group_id = $1 FOR UPDATE",
-        group_id
+/// lock, so the counter is gapless and one commit per epoch wins. Returns
+/// `did`'s user row with it (the access check needs it: one round trip).
+pub async fn lock(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    did: &str,
+) -> Result<Option<(Locked, Option<User>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT c.epoch, c.last_seq, c.state_version, c.cipher_suite,
+                  u.is_admin AS "is_admin?", u.visible_after_seq AS "visible_after_seq?",
+                  u.left_at, u.banned_at
+           FROM convos c LEFT JOIN convo_users u ON u.convo_id = c.group_id AND u.did = $2
+           WHERE c.group_id = $1 FOR UPDATE OF c"#,
+        group_id,
+        did,
     )
     .fetch_optional(tx)
-    .await
+    .await?;
+    Ok(row.map(|r| {
+        let user = user_of(r.is_admin, r.visible_after_seq, r.left_at, r.banned_at);
+        let locked = Locked {
+            epoch: r.epoch,
+            last_seq: r.last_seq,
+            state_version: r.state_version,
+            cipher_suite: r.cipher_suite,
+        };
+        (locked, user)
+    }))
+}
+
+/// A user row from a LEFT JOIN: the columns are null when there is none
+/// (`is_admin` and `visible_after_seq` are NOT NULL in the table).
+fn user_of(
+    is_admin: Option<bool>,
+    visible_after_seq: Option<i64>,
+    left_at: Option<DateTime<Utc>>,
+    banned_at: Option<DateTime<Utc>>,
+) -> Option<User> {
+    Some(User {
+        is_admin: is_admin?,
+        visible_after_seq: visible_after_seq?,
+        left_at,
+        banned_at,
+    })
 }
 
 /// A conversation's stored group state: the head and the tree's nodes
@@ -244,18 +278,27 @@ pub async fn next_seq_at_epoch(
     .await
 }
 
-/// The current GroupInfo and its epoch.
+/// The current GroupInfo and its epoch, with `did`'s user row.
 pub async fn group_info(
     db: &mut PgConnection,
     group_id: &[u8],
-) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
+    did: &str,
+) -> Result<Option<(Vec<u8>, i64, Option<User>)>, sqlx::Error> {
     let row = sqlx::query!(
-        "SELECT group_info, epoch FROM convos WHERE group_id = $1",
-        group_id
+        r#"SELECT c.group_info, c.epoch,
+                  u.is_admin AS "is_admin?", u.visible_after_seq AS "visible_after_seq?",
+                  u.left_at, u.banned_at
+           FROM convos c LEFT JOIN convo_users u ON u.convo_id = c.group_id AND u.did = $2
+           WHERE c.group_id = $1"#,
+        group_id,
+        did,
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| (r.group_info, r.epoch)))
+    Ok(row.map(|r| {
+        let user = user_of(r.is_admin, r.visible_after_seq, r.left_at, r.banned_at);
+        (r.group_info, r.epoch, user)
+    }))
 }
 
 // ---- users and devices ------------------------------------------------------
@@ -360,27 +403,23 @@ pub async fn sync_members(
     }
     if !joined.is_empty() {
         let (leaves, devices, dids) = columns(joined);
+        // The device rows and their users' rows in one statement (neither
+        // insert reads the other's table).
         sqlx::query!(
-            "INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
-             SELECT $1, m.leaf, m.device, m.did, $5 \
-             FROM unnest($2::int[], $3::text[], $4::text[]) AS m(leaf, device, did)",
+            "WITH devices AS ( \
+               INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
+               SELECT $1, m.leaf, m.device, m.did, $5 \
+               FROM unnest($2::int[], $3::text[], $4::text[]) AS m(leaf, device, did)) \
+             INSERT INTO convo_users (convo_id, did, visible_after_seq) \
+             SELECT DISTINCT $1::bytea, did, $5::bigint FROM unnest($4::text[]) AS m(did) \
+             ON CONFLICT (convo_id, did) DO UPDATE \
+               SET left_at = NULL, visible_after_seq = EXCLUDED.visible_after_seq \
+               WHERE convo_users.left_at IS NOT NULL",
             group_id,
             &leaves,
             &devices,
             &dids,
             seq,
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "INSERT INTO convo_users (convo_id, did, visible_after_seq) \
-             SELECT DISTINCT $1::bytea, did, $2::bigint FROM unnest($3::text[]) AS m(did) \
-             ON CONFLICT (convo_id, did) DO UPDATE \
-               SET left_at = NULL, visible_after_seq = EXCLUDED.visible_after_seq \
-               WHERE convo_users.left_at IS NOT NULL",
-            group_id,
-            seq,
-            &dids,
         )
         .execute(&mut *tx)
         .await?;
