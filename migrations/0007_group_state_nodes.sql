@@ -22,3 +22,8 @@ CREATE TABLE group_state_nodes (
 CREATE SEQUENCE group_state_versions;
 ALTER TABLE convos
     ADD COLUMN state_version bigint NOT NULL DEFAULT nextval('group_state_versions');
+
+-- Every commit writes the new GroupInfo whole (at 1,000 members about
+-- 200 KB: it carries the ratchet tree). Its keys and signatures hardly
+-- compress, so store it out of line without trying to.
+ALTER TABLE convos ALTER COLUMN group_info SET STORAGE EXTERNAL;
