@@ -117,6 +117,7 @@ impl Service {
             let group_id = convos::group_id(convo_id)?;
             commits::commit(
                 &self.state.db,
+                &self.state.groups,
                 &caller.did,
                 &group_id,
                 &self.state.convos,
@@ -342,6 +343,7 @@ impl mls::Handler for Service {
     ) -> create_convo::Response {
         let convo = create::create(
             &self.state.db,
+            &self.state.groups,
             &caller.did,
             &input.group_id,
             &input.cipher_suite,
@@ -543,6 +545,7 @@ impl mls::Handler for Service {
         let group_id = convos::group_id(&input.convo_id)?;
         let accepted = commits::propose_leave(
             &self.state.db,
+            &self.state.groups,
             &caller.did,
             &group_id,
             &self.state.convos,

@@ -10,6 +10,7 @@ use crate::auth::resolver::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
 use crate::config::{self, CheckedConfig, ConfigError, DidSource, ServeConfig};
 use crate::convos::ConvoSettings;
+use crate::convos::group_cache::GroupCache;
 use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::RateLimits;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub key_packages: KeyPackageLimits,
     pub convos: ConvoSettings,
+    /// Parsed MLS groups kept between commits.
+    pub groups: GroupCache,
     pub limits: RateLimits,
     pub idempotency: Idempotency,
     pub audit_retention: Duration,
@@ -66,6 +69,7 @@ impl AppState {
             metrics: telemetry::metrics_handle(),
             key_packages: checked.key_packages,
             convos: config.convo_settings(),
+            groups: GroupCache::default(),
             limits: RateLimits::new(&checked.rate_limits),
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),

@@ -136,15 +136,22 @@ impl Database {
         })
     }
 
-    /// The stored group state's size of a conversation, in bytes.
+    /// The stored group state's size of a conversation, in bytes: the head
+    /// in `convos.state` and the tree's nodes, a row each, in
+    /// `group_state_nodes` (migration 0007; before it the whole state was
+    /// in `convos.state`).
     pub async fn state_size(&self, convo: &str) -> Result<i64, BenchError> {
         let group_id = catbird_mls_core::mls_crypto::from_hex(convo)
             .ok_or_else(|| BenchError::Setup(format!("convo id {convo} is not hex")))?;
-        sqlx::query_scalar("SELECT octet_length(state)::bigint FROM convos WHERE group_id = $1")
-            .bind(group_id)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(BenchError::database)
+        sqlx::query_scalar(
+            "SELECT octet_length(state)::bigint + (SELECT coalesce(sum(octet_length(node)), 0) \
+               FROM group_state_nodes WHERE convo_id = $1)::bigint \
+             FROM convos WHERE group_id = $1",
+        )
+        .bind(group_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(BenchError::database)
     }
 
     /// CPU seconds of the postmaster and all its children so far.

@@ -12,10 +12,13 @@ use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
+use super::group_cache::GroupCache;
 use super::store::log::EntryKind;
-use super::{ConvoSettings, Standing, require_rejoin_access, sha256, standing, store, welcomes};
+use super::{ConvoSettings, Standing, sha256, store, welcomes};
 use crate::error::ServiceError;
-use crate::groups::engine::{self, CommitOutcome, CommittedProposal, ProposalKind};
+use crate::groups::engine::{
+    self, CommitOutcome, CommittedProposal, EngineError, LoadedGroup, ProposalKind,
+};
 use crate::keypackages;
 use crate::mls_crypto;
 use crate::rollout::Rollout;
@@ -70,8 +73,10 @@ pub struct Accepted {
     pub resubmitted: bool,
 }
 
+#[allow(clippy::too_many_arguments)] // The request's parts and the service's.
 pub async fn commit(
     db: &PgPool,
+    groups: &GroupCache,
     caller: &Did,
     group_id: &[u8],
     settings: &ConvoSettings,
@@ -81,12 +86,12 @@ pub async fn commit(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(commit);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id)
+    let (convo, user) = store::lock(&mut tx, group_id, caller.as_str())
         .await?
         .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     // Access first: replaying someone's accepted commit must not tell a
     // stranger anything.
-    let is_admin = check_access(&mut tx, group_id, caller, settings, &method).await?;
+    let is_admin = check_access(Standing::of(user, settings), caller, settings, &method)?;
     if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
         // The same commit again from its committer: the original result.
         return Ok(Accepted {
@@ -100,7 +105,9 @@ pub async fn commit(
         rollout.check(caller.as_str())?;
     }
 
-    let outcome = engine::apply_commit(&convo.state, group_id, commit, group_info, caller)?;
+    let mut group = loaded_group(&mut tx, groups, group_id, &convo).await?;
+    let outcome = engine::apply_commit(&mut group, commit, group_info, caller);
+    let (outcome, group) = keep_if_intact(groups, group_id, &convo, group, outcome)?;
     check_method_rules(
         &mut tx, group_id, caller, is_admin, &convo, &method, &outcome,
     )
@@ -121,7 +128,7 @@ pub async fn commit(
         proposed_removal: None,
     };
     let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
-    let advanced = store::advance(
+    let version = store::advance(
         &mut tx,
         group_id,
         convo.epoch,
@@ -130,28 +137,61 @@ pub async fn commit(
         &outcome.state,
         group_info,
     )
-    .await?;
-    if !advanced {
-        return Err(ServiceError::Internal(
-            "the epoch moved under the conversation lock".into(),
-        ));
-    }
+    .await?
+    .ok_or_else(|| ServiceError::Internal("the epoch moved under the conversation lock".into()))?;
     store::sync_members(
         &mut tx,
         group_id,
-        &outcome.members,
+        &outcome.left,
+        &outcome.joined,
         seq,
         method.left_reason(),
     )
     .await?;
     apply_side_effects(&mut tx, group_id, &method, &outcome, new_epoch, seq).await?;
     tx.commit().await?;
+    groups.put(group_id, version, group);
     Ok(Accepted {
         epoch: new_epoch,
         seq,
         accepted_at,
         resubmitted: false,
     })
+}
+
+/// The locked conversation's group, parsed: from `groups` if it holds the
+/// stored version, else from the database.
+async fn loaded_group(
+    tx: &mut PgConnection,
+    groups: &GroupCache,
+    group_id: &[u8],
+    convo: &store::Locked,
+) -> Result<LoadedGroup, ServiceError> {
+    if let Some(group) = groups.take(group_id, convo.state_version) {
+        return Ok(group);
+    }
+    let stored = store::load_state(tx, group_id).await?;
+    Ok(LoadedGroup::load(&stored, group_id)?)
+}
+
+/// After an engine call: a refused change that left the group intact puts
+/// it back for the next request (the stored state has not moved).
+fn keep_if_intact<T>(
+    groups: &GroupCache,
+    group_id: &[u8],
+    convo: &store::Locked,
+    group: LoadedGroup,
+    result: Result<T, EngineError>,
+) -> Result<(T, LoadedGroup), ServiceError> {
+    match result {
+        Ok(value) => Ok((value, group)),
+        Err(error) => {
+            if group.is_intact() {
+                groups.put(group_id, convo.state_version, group);
+            }
+            Err(error.into())
+        }
+    }
 }
 
 /// The log entry of these exact bytes, if the caller submitted it before.
@@ -167,19 +207,19 @@ async fn resubmitted(
         .filter(|previous| previous.sender.as_deref() == Some(caller.as_str())))
 }
 
-/// Who may commit through `method`; returns whether the caller is an admin.
-async fn check_access(
-    tx: &mut PgConnection,
-    group_id: &[u8],
+/// Who may commit through `method`, given the caller's standing; returns
+/// whether the caller is an admin.
+fn check_access(
+    standing: Standing,
     caller: &Did,
     settings: &ConvoSettings,
     method: &CommitMethod<'_>,
 ) -> Result<bool, ServiceError> {
     if let CommitMethod::External { .. } = method {
-        require_rejoin_access(tx, group_id, caller, settings).await?;
+        standing.rejoin_access(caller, settings)?;
         return Ok(false);
     }
-    match standing(tx, group_id, caller, settings).await? {
+    match standing {
         Standing::Current { is_admin, .. } => Ok(is_admin),
         _ => Err(ServiceError::NotMember(format!(
             "{} has no device in this conversation",
@@ -292,7 +332,16 @@ async fn check_method_rules(
             if *ban && *did == caller {
                 return Err(invalid("a user cannot ban themselves"));
             }
-            if *ban && outcome.members.iter().any(|m| m.device.did() == *did) {
+            let removed: BTreeSet<i32> = outcome
+                .removed
+                .iter()
+                .map(|r| r.leaf_index as i32)
+                .collect();
+            let kept = store::current_leaves_of(tx, group_id, did.as_str())
+                .await?
+                .into_iter()
+                .any(|leaf| !removed.contains(&leaf));
+            if *ban && kept {
                 return Err(invalid(format!(
                     "a ban must remove every device of {}",
                     did.as_str()
@@ -333,12 +382,19 @@ async fn apply_side_effects(
     epoch: i64,
     seq: i64,
 ) -> Result<(), ServiceError> {
-    let removed: Vec<String> = outcome
+    // Pending Welcomes of removed devices go; so does one for an external
+    // joiner, which no longer needs it.
+    let mut withdrawn: Vec<String> = outcome
         .removed
         .iter()
         .map(|r| r.device.to_string())
         .collect();
-    welcomes::withdraw(tx, group_id, &removed).await?;
+    if let CommitMethod::External { .. } = method {
+        withdrawn.push(outcome.committer.to_string());
+    }
+    if !withdrawn.is_empty() {
+        welcomes::withdraw(tx, group_id, &withdrawn).await?;
+    }
     match method {
         CommitMethod::AddMembers { welcome } => {
             for added in &outcome.added {
@@ -359,10 +415,9 @@ async fn apply_side_effects(
         CommitMethod::RemoveMember { did, ban: true } => {
             store::set_banned(tx, group_id, did.as_str(), true).await?;
         }
-        CommitMethod::External { .. } => {
-            welcomes::withdraw(tx, group_id, &[outcome.committer.to_string()]).await?;
-        }
-        CommitMethod::RemoveMember { ban: false, .. } | CommitMethod::GroupChange => {}
+        CommitMethod::RemoveMember { ban: false, .. }
+        | CommitMethod::GroupChange
+        | CommitMethod::External { .. } => {}
     }
     Ok(())
 }
@@ -371,6 +426,7 @@ async fn apply_side_effects(
 /// next commit of this epoch.
 pub async fn propose_leave(
     db: &PgPool,
+    groups: &GroupCache,
     caller: &Did,
     group_id: &[u8],
     settings: &ConvoSettings,
@@ -378,17 +434,15 @@ pub async fn propose_leave(
 ) -> Result<Accepted, ServiceError> {
     let hash = sha256(proposal);
     let mut tx = db.begin().await?;
-    let convo = store::lock(&mut tx, group_id)
+    let (convo, user) = store::lock(&mut tx, group_id, caller.as_str())
         .await?
         .ok_or_else(|| super::not_found(&mls_crypto::to_hex(group_id)))?;
     check_access(
-        &mut tx,
-        group_id,
+        Standing::of(user, settings),
         caller,
         settings,
         &CommitMethod::GroupChange,
-    )
-    .await?;
+    )?;
     if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
         return Ok(Accepted {
             epoch: previous.epoch,
@@ -397,7 +451,9 @@ pub async fn propose_leave(
             resubmitted: true,
         });
     }
-    let outcome = engine::apply_self_remove_proposal(&convo.state, group_id, proposal, caller)?;
+    let mut group = loaded_group(&mut tx, groups, group_id, &convo).await?;
+    let outcome = engine::apply_self_remove_proposal(&mut group, proposal, caller);
+    let (outcome, group) = keep_if_intact(groups, group_id, &convo, group, outcome)?;
     let seq = convo.last_seq + 1;
     let id = format!("proposal-{}", mls_crypto::to_hex(&hash[..16]));
     let entry = store::log::NewEntry {
@@ -411,8 +467,9 @@ pub async fn propose_leave(
         proposed_removal: Some(outcome.removed_leaf as i32),
     };
     let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
-    store::record_proposal(&mut tx, group_id, seq, &outcome.state).await?;
+    let version = store::record_proposal(&mut tx, group_id, seq, &outcome.state).await?;
     tx.commit().await?;
+    groups.put(group_id, version, group);
     Ok(Accepted {
         epoch: convo.epoch,
         seq,

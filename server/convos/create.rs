@@ -7,6 +7,7 @@ use catbird_generated::lexicons::blue::catbird::mls::defs::{
 use catbird_generated::runtime::Did;
 use sqlx::PgPool;
 
+use super::group_cache::GroupCache;
 use super::{listing, sha256, store};
 use crate::error::ServiceError;
 use crate::groups::engine;
@@ -14,6 +15,7 @@ use crate::mls_crypto;
 
 pub async fn create(
     db: &PgPool,
+    groups: &GroupCache,
     caller: &Did,
     convo_id: &str,
     cipher_suite: &CipherSuite,
@@ -52,7 +54,7 @@ pub async fn create(
         &created_with,
     )
     .await?;
-    if !inserted {
+    let Some(version) = inserted else {
         // Created concurrently: answer as if we had come second.
         drop(tx);
         let mut conn = db.acquire().await?;
@@ -60,17 +62,19 @@ pub async fn create(
             Some(existing) => Ok(existing),
             None => Err(ServiceError::Internal("a conversation vanished".into())),
         };
-    }
+    };
     store::insert_creator(&mut tx, &group_id, caller.as_str()).await?;
     store::sync_members(
         &mut tx,
         &group_id,
+        &[],
         &group.members,
         0,
         store::LeftReason::Removed,
     )
     .await?;
     tx.commit().await?;
+    groups.put(&group_id, version, group.group);
 
     let mut conn = db.acquire().await?;
     listing::view(&mut conn, &group_id).await

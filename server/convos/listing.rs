@@ -10,7 +10,7 @@ use catbird_generated::runtime::{Datetime, Did};
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::{ConvoSettings, require_convo, require_rejoin_access, store};
+use super::{ConvoSettings, Standing, require_convo, store};
 use crate::db;
 use crate::device::DeviceId;
 use crate::error::ServiceError;
@@ -164,11 +164,11 @@ pub async fn group_info(
     group_id: &[u8],
     settings: &ConvoSettings,
 ) -> Result<(Vec<u8>, i64, Option<DateTime<Utc>>), ServiceError> {
+    // One statement: the conversation with the caller's user row.
     let mut conn = db.acquire().await?;
-    require_convo(&mut conn, group_id).await?;
-    let expires_at = require_rejoin_access(&mut conn, group_id, caller, settings).await?;
-    let (group_info, epoch) = store::group_info(&mut conn, group_id)
+    let (group_info, epoch, user) = store::group_info(&mut conn, group_id, caller.as_str())
         .await?
-        .ok_or_else(|| ServiceError::Internal("a conversation vanished".into()))?;
+        .ok_or_else(|| super::not_found(&crate::mls_crypto::to_hex(group_id)))?;
+    let expires_at = Standing::of(user, settings).rejoin_access(caller, settings)?;
     Ok((group_info, epoch, expires_at))
 }

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`create`] | createConvo |
 //! | [`commits`] | every commit: addMembers, commitGroupChange, removeMember, processExternalCommit; leaveConvo's proposal |
+//! | [`group_cache`] | parsed groups kept between commits, checked against the stored state version |
 //! | [`log`] | sendMessage, getMessages, getEpoch |
 //! | [`welcomes`] | two-phase Welcome delivery |
 //! | [`listing`] | getConvos, getExpectedConversations, getGroupInfo |
@@ -14,6 +15,7 @@
 
 pub mod commits;
 pub mod create;
+pub mod group_cache;
 pub mod listing;
 pub mod log;
 pub mod store;
@@ -72,6 +74,48 @@ pub enum Standing {
     Outsider,
 }
 
+impl Standing {
+    /// The standing of a user with this row (`None`: never a member).
+    pub fn of(user: Option<store::User>, settings: &ConvoSettings) -> Self {
+        let Some(user) = user else {
+            return Self::Outsider;
+        };
+        match (user.banned_at, user.left_at) {
+            (Some(_), _) => Self::Banned,
+            (None, None) => Self::Current {
+                is_admin: user.is_admin,
+                visible_after_seq: user.visible_after_seq,
+            },
+            (None, Some(left_at)) if left_at + settings.rejoin_window > Utc::now() => {
+                Self::Recent { left_at }
+            }
+            (None, Some(_)) => Self::Outsider,
+        }
+    }
+
+    /// Rejoin access (getGroupInfo, processExternalCommit): current members
+    /// and recent past members, never banned users. Returns when a past
+    /// member's window closes.
+    pub fn rejoin_access(
+        self,
+        did: &Did,
+        settings: &ConvoSettings,
+    ) -> Result<Option<DateTime<Utc>>, ServiceError> {
+        match self {
+            Self::Current { .. } => Ok(None),
+            Self::Recent { left_at } => Ok(Some(left_at + settings.rejoin_window)),
+            Self::Banned => Err(ServiceError::Banned(format!(
+                "{} is banned from this conversation",
+                did.as_str()
+            ))),
+            Self::Outsider => Err(ServiceError::NotMember(format!(
+                "{} is neither a member nor a member who left within the rejoin window",
+                did.as_str()
+            ))),
+        }
+    }
+}
+
 /// Where `did` stands in the conversation (which must exist).
 pub async fn standing(
     db: &mut PgConnection,
@@ -79,20 +123,8 @@ pub async fn standing(
     did: &Did,
     settings: &ConvoSettings,
 ) -> Result<Standing, ServiceError> {
-    let Some(user) = store::user(db, group_id, did.as_str()).await? else {
-        return Ok(Standing::Outsider);
-    };
-    Ok(match (user.banned_at, user.left_at) {
-        (Some(_), _) => Standing::Banned,
-        (None, None) => Standing::Current {
-            is_admin: user.is_admin,
-            visible_after_seq: user.visible_after_seq,
-        },
-        (None, Some(left_at)) if left_at + settings.rejoin_window > Utc::now() => {
-            Standing::Recent { left_at }
-        }
-        (None, Some(_)) => Standing::Outsider,
-    })
+    let user = store::user(db, group_id, did.as_str()).await?;
+    Ok(Standing::of(user, settings))
 }
 
 /// The caller must hold a leaf: returns its admin flag and visible range.
@@ -109,29 +141,6 @@ pub async fn require_member(
         } => Ok((is_admin, visible_after_seq)),
         _ => Err(ServiceError::NotMember(format!(
             "{} has no device in this conversation",
-            did.as_str()
-        ))),
-    }
-}
-
-/// Rejoin access (getGroupInfo, processExternalCommit): current members and
-/// recent past members, never banned users. Returns when a past member's
-/// window closes.
-pub async fn require_rejoin_access(
-    db: &mut PgConnection,
-    group_id: &[u8],
-    did: &Did,
-    settings: &ConvoSettings,
-) -> Result<Option<DateTime<Utc>>, ServiceError> {
-    match standing(db, group_id, did, settings).await? {
-        Standing::Current { .. } => Ok(None),
-        Standing::Recent { left_at } => Ok(Some(left_at + settings.rejoin_window)),
-        Standing::Banned => Err(ServiceError::Banned(format!(
-            "{} is banned from this conversation",
-            did.as_str()
-        ))),
-        Standing::Outsider => Err(ServiceError::NotMember(format!(
-            "{} is neither a member nor a member who left within the rejoin window",
             did.as_str()
         ))),
     }

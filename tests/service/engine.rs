@@ -15,10 +15,97 @@ use sha2::{Digest as _, Sha256};
 use catbird_mls_client::{Installation, StagedMessages, staged_messages};
 use catbird_mls_core::groups::engine::*;
 
+/// An accepted commit with the stored state after it and every member.
+#[derive(Debug)]
+struct Committed {
+    outcome: CommitOutcome,
+    state: StoredState,
+    members: Vec<Member>,
+}
+
+impl std::ops::Deref for Committed {
+    type Target = CommitOutcome;
+    fn deref(&self) -> &CommitOutcome {
+        &self.outcome
+    }
+}
+
+/// The engine's commit as a function of the stored state, as the service
+/// runs it without a parsed group at hand; it also checks that the write it
+/// returns makes exactly the merged group's state, and that the leaves it
+/// reports as changed are the whole difference in membership.
+fn apply_commit(
+    state: &StoredState,
+    group_id: &[u8],
+    commit: &[u8],
+    group_info: &[u8],
+    caller: &Did,
+) -> Result<Committed, EngineError> {
+    let mut group = LoadedGroup::load(state, group_id)?;
+    let outcome =
+        catbird_mls_core::groups::engine::apply_commit(&mut group, commit, group_info, caller)?;
+    let after = outcome.state.applied_to(state);
+    assert_eq!(after, group.snapshot().expect("a snapshot"));
+    let after_merge = group.members()?;
+    let mut expected = devices(&members(state, group_id)?);
+    expected.retain(|leaf| !devices(&outcome.left).contains(leaf));
+    expected.extend(devices(&outcome.joined));
+    expected.sort();
+    assert_eq!(
+        expected,
+        devices(&after_merge),
+        "left and joined are the difference"
+    );
+    Ok(Committed {
+        outcome,
+        state: after,
+        members: after_merge,
+    })
+}
+
+/// A queued leave proposal with the stored state after it.
+#[derive(Debug)]
+struct Queued {
+    outcome: ProposalOutcome,
+    state: StoredState,
+}
+
+impl std::ops::Deref for Queued {
+    type Target = ProposalOutcome;
+    fn deref(&self) -> &ProposalOutcome {
+        &self.outcome
+    }
+}
+
+fn apply_self_remove_proposal(
+    state: &StoredState,
+    group_id: &[u8],
+    proposal: &[u8],
+    caller: &Did,
+) -> Result<Queued, EngineError> {
+    let mut group = LoadedGroup::load(state, group_id)?;
+    let outcome =
+        catbird_mls_core::groups::engine::apply_self_remove_proposal(&mut group, proposal, caller)?;
+    let after = outcome.state.applied_to(state);
+    assert_eq!(after, group.snapshot().expect("a snapshot"));
+    Ok(Queued {
+        outcome,
+        state: after,
+    })
+}
+
+/// A stored state with this head and no node rows.
+fn head_only(head: &[u8]) -> StoredState {
+    StoredState {
+        head: head.to_vec(),
+        nodes: Vec::new(),
+    }
+}
+
 /// The header check against the stored group's epoch, as the service does
 /// it with the epoch from its conversation row.
 fn check_application_message(
-    state: &[u8],
+    state: &StoredState,
     group_id: &[u8],
     message: &[u8],
 ) -> Result<u64, EngineError> {
@@ -178,7 +265,7 @@ fn flipped(message: &[u8], index_from_end: usize) -> Vec<u8> {
 struct Created {
     alice: Client,
     alice_group: MlsGroup,
-    state: Vec<u8>,
+    state: StoredState,
 }
 
 fn created(group_id: &[u8]) -> Created {
@@ -201,7 +288,7 @@ struct TwoMembers {
     bob: Client,
     alice_group: MlsGroup,
     bob_group: MlsGroup,
-    state: Vec<u8>,
+    state: StoredState,
     /// The GroupInfo stored with the add commit (epoch 1).
     group_info: Vec<u8>,
 }
@@ -236,7 +323,7 @@ fn devices(members: &[Member]) -> Vec<(u32, String)> {
 }
 
 #[track_caller]
-fn assert_invalid_commit(result: Result<CommitOutcome, EngineError>, needle: &str) {
+fn assert_invalid_commit<T: std::fmt::Debug>(result: Result<T, EngineError>, needle: &str) {
     match result {
         Err(EngineError::InvalidCommit(why)) => {
             assert!(why.contains(needle), "unexpected reason: {why}")
@@ -967,7 +1054,7 @@ fn leave_proposals_are_checked() {
             .leave_group(bob.mls.provider(), bob.mls.signer())
             .expect("a leave proposal"),
     );
-    let invalid = |result: Result<ProposalOutcome, EngineError>, needle: &str| match result {
+    let invalid = |result: Result<Queued, EngineError>, needle: &str| match result {
         Err(EngineError::InvalidProposal(why)) => {
             assert!(why.contains(needle), "unexpected reason: {why}")
         }
@@ -1025,11 +1112,11 @@ fn leave_proposals_are_checked() {
 fn state_that_does_not_load_is_an_internal_error() {
     let TwoMembers { state, .. } = two_members();
     assert!(matches!(
-        members(b"{}", GROUP),
+        members(&head_only(b"{}"), GROUP),
         Err(EngineError::Internal(_))
     ));
     assert!(matches!(
-        epoch(b"not json", GROUP),
+        epoch(&head_only(b"not a state"), GROUP),
         Err(EngineError::Internal(_))
     ));
     // A state holds exactly one group.
@@ -1038,11 +1125,44 @@ fn state_that_does_not_load_is_an_internal_error() {
         Err(EngineError::Internal(_))
     ));
     // Written by another storage version.
-    let mut json: serde_json::Value = serde_json::from_slice(&state).expect("JSON state");
-    json["version"] = serde_json::json!(999);
-    let other_version = serde_json::to_vec(&json).expect("JSON");
+    let other_version = head_only(br#"{"version":999,"group_id":null,"values":{},"proposals":[]}"#);
     assert!(matches!(
         epoch(&other_version, GROUP),
         Err(EngineError::Internal(why)) if why.contains("version 999")
     ));
+}
+
+/// A group state as the service stored it before migration 0007 (JSON,
+/// bytes as arrays of numbers, the whole tree inline): a 20-member group at
+/// epoch 11, taken from a benchmark run of that version.
+const LEGACY_STATE: &[u8] = include_bytes!("fixtures/legacy-group-state-20-members.json");
+const LEGACY_GROUP: [u8; 16] = [
+    0x4c, 0xaa, 0x3a, 0x91, 0xe6, 0x44, 0xf9, 0x38, 0x03, 0x13, 0xff, 0xc1, 0xfb, 0x34, 0x10, 0xf5,
+];
+
+#[test]
+fn a_legacy_json_state_loads_and_is_stored_in_the_new_layout() {
+    let legacy = head_only(LEGACY_STATE);
+    let group = LoadedGroup::load(&legacy, &LEGACY_GROUP).expect("the legacy state loads");
+    assert_eq!(group.epoch(), 11);
+    let members = group.members().expect("members");
+    assert_eq!(members.len(), 20);
+
+    // Saved, it is a small binary head and a row per non-blank node, which
+    // load to the same group.
+    let stored = group.snapshot().expect("a snapshot");
+    assert_ne!(stored.head.first(), Some(&b'{'));
+    assert!(
+        stored.head.len() < 1024,
+        "head of {} bytes",
+        stored.head.len()
+    );
+    assert!(stored.nodes.len() >= members.len());
+    let stored_size: usize =
+        stored.head.len() + stored.nodes.iter().map(|(_, n)| n.len()).sum::<usize>();
+    assert!(stored_size * 3 < LEGACY_STATE.len(), "{stored_size} bytes");
+    let reloaded = LoadedGroup::load(&stored, &LEGACY_GROUP).expect("the new layout loads");
+    assert_eq!(reloaded.epoch(), 11);
+    assert_eq!(reloaded.members(), Ok(members));
+    assert_eq!(reloaded.snapshot().expect("a snapshot"), stored);
 }

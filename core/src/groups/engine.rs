@@ -1,11 +1,15 @@
 //! The MLS core of the group lifecycle: pure functions over bytes that the
 //! database layer calls inside its transactions. The service is not a group
 //! member; it follows each group's public state with OpenMLS `PublicGroup`,
-//! kept as one serialized blob per group (see `state`).
+//! stored as a small head and one row per tree node (see `state`).
 //!
-//! Every function takes the stored state by reference and returns new state
-//! bytes on success; on any error nothing is returned, so the caller stores
-//! nothing and the old state stays valid.
+//! Every function works on a [`LoadedGroup`] (the stored state, parsed) and
+//! returns on success what changed in the stored state ([`StateWrite`]); on
+//! an error nothing is returned, so the caller stores nothing and the old
+//! state stays valid. The caller may keep a `LoadedGroup` between requests
+//! while the stored state it came from is current, and must drop it when a
+//! call failed after it started changing it (see
+//! [`LoadedGroup::is_intact`]).
 //!
 //! What OpenMLS checks and what we add: `PublicGroup::process_message`
 //! validates framing, signatures, proposals, update paths and tree hashes,
@@ -31,6 +35,7 @@ use openmls_traits::public_storage::PublicStorageProvider as _;
 use sha2::{Digest as _, Sha256};
 
 use super::state::GroupState;
+pub use super::state::{StateWrite, StoredState};
 use crate::device::DeviceId;
 use crate::mls_crypto::{self, to_hex};
 
@@ -66,9 +71,12 @@ pub struct Member {
 }
 
 /// A group bootstrapped from its creator's GroupInfo.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Bootstrapped {
-    pub state: Vec<u8>,
+    /// The group, for the caller to keep once its state is stored.
+    pub group: LoadedGroup,
+    /// The whole state to store.
+    pub state: StoredState,
     pub epoch: u64,
     pub members: Vec<Member>,
 }
@@ -110,8 +118,8 @@ pub struct CommittedProposal {
 /// An accepted and merged commit.
 #[derive(Debug, Clone)]
 pub struct CommitOutcome {
-    /// The serialized state after the merge.
-    pub state: Vec<u8>,
+    /// What the merge changed in the stored state.
+    pub state: StateWrite,
     /// The epoch the commit created.
     pub epoch: u64,
     /// The committing leaf's device; for an external commit, the new leaf.
@@ -124,8 +132,13 @@ pub struct CommitOutcome {
     pub added: Vec<AddedMember>,
     /// Leaves removed by the commit, as they were before the merge.
     pub removed: Vec<Member>,
-    /// Every leaf after the merge.
-    pub members: Vec<Member>,
+    /// The leaves whose device changed, as they were before the merge
+    /// (removed, or replaced by another device).
+    pub left: Vec<Member>,
+    /// The leaves whose device changed, as they are after the merge (added,
+    /// the external joiner, or a leaf now held by another device). Leaves
+    /// the commit did not touch are in neither list.
+    pub joined: Vec<Member>,
     /// SHA-256 of the commit bytes, to recognise a resubmitted commit.
     pub commit_hash: Vec<u8>,
 }
@@ -133,14 +146,81 @@ pub struct CommitOutcome {
 /// A queued leave proposal.
 #[derive(Debug, Clone)]
 pub struct ProposalOutcome {
-    /// The serialized state with the proposal queued.
-    pub state: Vec<u8>,
+    /// What queueing the proposal changed in the stored state.
+    pub state: StateWrite,
     /// The current epoch (a proposal does not change it).
     pub epoch: u64,
     /// The proposing leaf's device.
     pub proposer: DeviceId,
     /// The leaf the proposal removes.
     pub removed_leaf: u32,
+}
+
+/// A group's stored state, parsed: what every engine call works on.
+#[derive(Debug)]
+pub struct LoadedGroup {
+    storage: GroupState,
+    group: PublicGroup,
+    /// False once a call started changing the group and failed before it
+    /// returned the matching [`StateWrite`].
+    intact: bool,
+}
+
+impl LoadedGroup {
+    /// Parses a group's stored state.
+    pub fn load(state: &StoredState, group_id: &[u8]) -> Result<Self, EngineError> {
+        let storage = load_state(state)?;
+        let group = load_group(&storage, group_id)?;
+        Ok(Self {
+            storage,
+            group,
+            intact: true,
+        })
+    }
+
+    /// Whether the group is still the stored state it was loaded from plus
+    /// the writes the engine returned. A call that fails before changing
+    /// anything leaves it intact (a stale or invalid commit), so the caller
+    /// may keep it; otherwise it must be dropped.
+    pub fn is_intact(&self) -> bool {
+        self.intact
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.group.group_context().epoch().as_u64()
+    }
+
+    /// Every occupied leaf.
+    pub fn members(&self) -> Result<Vec<Member>, EngineError> {
+        members_of(&self.group).map_err(EngineError::Internal)
+    }
+
+    /// The whole stored state of the group as it is now.
+    pub fn snapshot(&self) -> Result<StoredState, EngineError> {
+        self.storage
+            .snapshot()
+            .map_err(|e| EngineError::Internal(e.to_string()))
+    }
+
+    /// About how many bytes the group holds in memory.
+    pub fn approximate_size(&self) -> usize {
+        // The parsed tree takes about as much again as its encoding.
+        2 * self.storage.approximate_size()
+    }
+
+    /// Runs a change to the group: it stays intact only if `change`
+    /// succeeds.
+    fn change<T>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        self.intact = false;
+        let result = change(self);
+        if result.is_ok() {
+            self.intact = true;
+        }
+        result
+    }
 }
 
 /// createConvo: builds the group's state from the creator's signed GroupInfo
@@ -223,8 +303,14 @@ pub fn bootstrap(
             )));
         }
     }
+    let group = LoadedGroup {
+        storage,
+        group,
+        intact: true,
+    };
     Ok(Bootstrapped {
-        state: save(&storage)?,
+        state: group.snapshot()?,
+        group,
         epoch,
         members,
     })
@@ -236,16 +322,14 @@ pub fn bootstrap(
 /// state. `caller` is the authenticated user: the committer must be one of
 /// their devices (for an external commit, the new leaf).
 pub fn apply_commit(
-    state: &[u8],
-    group_id: &[u8],
+    loaded: &mut LoadedGroup,
     commit: &[u8],
     group_info: &[u8],
     caller: &Did,
 ) -> Result<CommitOutcome, EngineError> {
-    let storage = load_state(state)?;
-    let mut group = load_group(&storage, group_id)?;
     let message =
         parse_public_message(commit, ContentType::Commit).map_err(EngineError::InvalidCommit)?;
+    let group = &loaded.group;
     check_group_and_epoch(group.group_context(), message.group_id(), message.epoch())?;
 
     let crypto = mls_crypto::crypto();
@@ -258,19 +342,18 @@ pub fn apply_commit(
             "the message did not stage as a commit".into(),
         ));
     };
+    let review = review_commit(group, &staged, &sender, caller)?;
 
-    let review = review_commit(&group, &staged, &sender, caller)?;
-    group
-        .merge_commit(&storage, *staged)
-        .map_err(|e| EngineError::Internal(format!("merging a validated commit: {e}")))?;
-    verify_group_info(&group, review.committer, group_info)?;
+    loaded.change(|loaded| {
+        let LoadedGroup { storage, group, .. } = loaded;
+        group
+            .merge_commit(&*storage, *staged)
+            .map_err(|e| EngineError::Internal(format!("merging a validated commit: {e}")))?;
+        verify_group_info(group, review.committer, group_info)?;
 
-    let members = members_of(&group).map_err(EngineError::Internal)?;
-    let committer = device_at(&members, review.committer.u32())?;
-    let added = review
-        .added
-        .into_iter()
-        .map(|add| {
+        let committer = member_at(group, review.committer)?.device;
+        let mut added = Vec::with_capacity(review.added.len());
+        for add in review.added {
             // Leaves are unique by signature key (OpenMLS checks it), so the
             // key finds where the merge placed each added KeyPackage.
             let leaf_index = group
@@ -280,25 +363,63 @@ pub fn apply_commit(
                 .ok_or_else(|| {
                     EngineError::Internal(format!("added device {} has no leaf", add.device))
                 })?;
-            Ok(AddedMember {
+            added.push(AddedMember {
                 leaf_index,
                 device: add.device,
                 key_package_ref: add.key_package_ref,
-            })
-        })
-        .collect::<Result<Vec<_>, EngineError>>()?;
+            });
+        }
+        let touched = added
+            .iter()
+            .map(|a| a.leaf_index)
+            .chain(std::iter::once(review.committer.u32()));
+        let (left, joined) = leaf_changes(group, &review.before, touched)?;
 
-    Ok(CommitOutcome {
-        state: save(&storage)?,
-        epoch: group.group_context().epoch().as_u64(),
-        committer,
-        external: review.external,
-        proposals: review.proposals,
-        added,
-        removed: review.removed,
-        members,
-        commit_hash: Sha256::digest(commit).to_vec(),
+        Ok(CommitOutcome {
+            state: save(storage)?,
+            epoch: group.group_context().epoch().as_u64(),
+            committer,
+            external: review.external,
+            proposals: review.proposals,
+            added,
+            removed: review.removed,
+            left,
+            joined,
+            commit_hash: Sha256::digest(commit).to_vec(),
+        })
     })
+}
+
+/// The devices of the leaves a commit touched, before and after the merge,
+/// where they differ: `before` holds the occupants of the leaves known
+/// before the merge (removed, committer, Update senders); `touched` adds
+/// the leaves placed by the merge (added, external joiner), which were
+/// blank unless a removal of the same commit freed them.
+fn leaf_changes(
+    group: &PublicGroup,
+    before: &[Member],
+    touched: impl Iterator<Item = u32>,
+) -> Result<(Vec<Member>, Vec<Member>), EngineError> {
+    let mut leaves: Vec<u32> = before.iter().map(|m| m.leaf_index).chain(touched).collect();
+    leaves.sort_unstable();
+    leaves.dedup();
+    let (mut left, mut joined) = (Vec::new(), Vec::new());
+    for leaf in leaves {
+        let old = before.iter().find(|m| m.leaf_index == leaf);
+        let new = match group.leaf(LeafNodeIndex::new(leaf)) {
+            Some(node) => Some(Member {
+                leaf_index: leaf,
+                device: device_of(node.credential())
+                    .map_err(|e| EngineError::Internal(format!("leaf {leaf}: {e}")))?,
+            }),
+            None => None,
+        };
+        if old != new.as_ref() {
+            left.extend(old.cloned());
+            joined.extend(new);
+        }
+    }
+    Ok((left, joined))
 }
 
 /// leaveConvo: validates a member's Remove proposal for a leaf of its own
@@ -306,14 +427,12 @@ pub fn apply_commit(
 /// and queues it in the state, so that the next commit can cover it by
 /// reference.
 pub fn apply_self_remove_proposal(
-    state: &[u8],
-    group_id: &[u8],
+    loaded: &mut LoadedGroup,
     proposal: &[u8],
     caller: &Did,
 ) -> Result<ProposalOutcome, EngineError> {
     let invalid = EngineError::InvalidProposal;
-    let storage = load_state(state)?;
-    let mut group = load_group(&storage, group_id)?;
+    let group = &loaded.group;
     let message = parse_public_message(proposal, ContentType::Proposal).map_err(invalid)?;
     check_group_and_epoch(group.group_context(), message.group_id(), message.epoch())?;
 
@@ -335,7 +454,7 @@ pub fn apply_self_remove_proposal(
         )));
     };
 
-    let proposer = member_at(&group, sender)?;
+    let proposer = member_at(group, sender)?;
     if proposer.device.did() != caller {
         return Err(invalid(format!(
             "the proposal is sent by {} (leaf {}), not by a device of the caller {}",
@@ -361,14 +480,17 @@ pub fn apply_self_remove_proposal(
         )));
     }
 
-    group
-        .add_proposal(&storage, *queued)
-        .map_err(|e| EngineError::Internal(format!("queueing a proposal: {e}")))?;
-    Ok(ProposalOutcome {
-        state: save(&storage)?,
-        epoch: group.group_context().epoch().as_u64(),
-        proposer: proposer.device,
-        removed_leaf: removed_leaf.u32(),
+    loaded.change(|loaded| {
+        let LoadedGroup { storage, group, .. } = loaded;
+        group
+            .add_proposal(&*storage, *queued)
+            .map_err(|e| EngineError::Internal(format!("queueing a proposal: {e}")))?;
+        Ok(ProposalOutcome {
+            state: save(storage)?,
+            epoch: group.group_context().epoch().as_u64(),
+            proposer: proposer.device,
+            removed_leaf: removed_leaf.u32(),
+        })
     })
 }
 
@@ -453,13 +575,12 @@ pub fn welcome_recipients(
 }
 
 /// Every occupied leaf of the stored group.
-pub fn members(state: &[u8], group_id: &[u8]) -> Result<Vec<Member>, EngineError> {
-    let group = load_group(&load_state(state)?, group_id)?;
-    members_of(&group).map_err(EngineError::Internal)
+pub fn members(state: &StoredState, group_id: &[u8]) -> Result<Vec<Member>, EngineError> {
+    LoadedGroup::load(state, group_id)?.members()
 }
 
-/// The stored group's current epoch.
-pub fn epoch(state: &[u8], group_id: &[u8]) -> Result<u64, EngineError> {
+/// The stored group's current epoch (without loading its tree).
+pub fn epoch(state: &StoredState, group_id: &[u8]) -> Result<u64, EngineError> {
     Ok(load_context(&load_state(state)?, group_id)?
         .epoch()
         .as_u64())
@@ -472,6 +593,10 @@ struct Review {
     proposals: Vec<CommittedProposal>,
     added: Vec<PendingAdd>,
     removed: Vec<Member>,
+    /// The occupants before the merge of the leaves the commit changes
+    /// that are known before it: removed leaves, the committer's, Update
+    /// senders'.
+    before: Vec<Member>,
 }
 
 /// An added KeyPackage whose leaf index is known only after the merge.
@@ -504,9 +629,11 @@ fn review_commit(
         .map(|leaf| member_at(group, leaf))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let mut before_merge = removed.clone();
     let (committer, external) = match sender {
         Sender::Member(leaf) => {
             let before = member_at(group, *leaf)?;
+            before_merge.push(before.clone());
             if before.device.did() != caller {
                 return Err(rejected(format!(
                     "the commit is sent by {} (leaf {}), not by a device of the caller {}",
@@ -588,6 +715,7 @@ fn review_commit(
             update.update_proposal().leaf_node().credential(),
             "an Update proposal",
         )?;
+        before_merge.push(before);
     }
 
     let crypto = mls_crypto::crypto();
@@ -621,6 +749,7 @@ fn review_commit(
         proposals,
         added,
         removed,
+        before: before_merge,
     })
 }
 
@@ -737,13 +866,13 @@ fn verify_group_info(
     Ok(())
 }
 
-fn load_state(state: &[u8]) -> Result<GroupState, EngineError> {
-    GroupState::from_bytes(state).map_err(|e| EngineError::Internal(e.to_string()))
+fn load_state(state: &StoredState) -> Result<GroupState, EngineError> {
+    GroupState::load(state).map_err(|e| EngineError::Internal(e.to_string()))
 }
 
-fn save(storage: &GroupState) -> Result<Vec<u8>, EngineError> {
+fn save(storage: &GroupState) -> Result<StateWrite, EngineError> {
     storage
-        .to_bytes()
+        .save()
         .map_err(|e| EngineError::Internal(e.to_string()))
 }
 
@@ -880,14 +1009,6 @@ fn member_at(group: &PublicGroup, leaf: LeafNodeIndex) -> Result<Member, EngineE
         leaf_index: leaf.u32(),
         device,
     })
-}
-
-fn device_at(members: &[Member], leaf_index: u32) -> Result<DeviceId, EngineError> {
-    members
-        .iter()
-        .find(|member| member.leaf_index == leaf_index)
-        .map(|member| member.device.clone())
-        .ok_or_else(|| EngineError::Internal(format!("leaf {leaf_index} is empty after the merge")))
 }
 
 fn tls_bytes(value: &impl openmls::prelude::tls_codec::Serialize) -> Result<Vec<u8>, EngineError> {

@@ -1,7 +1,22 @@
-//! The public state of one MLS group as one blob: an OpenMLS
-//! `PublicStorageProvider` that keeps what `PublicGroup` writes in memory and
-//! (de)serialises it as a whole, so the database stores it in one column and
-//! the engine never holds more than one group.
+//! The public state of one MLS group: an OpenMLS `PublicStorageProvider`
+//! that keeps what `PublicGroup` writes in memory, serialised with postcard
+//! (compact binary serde), and stores it in two parts so that a commit
+//! rewrites only what it changed:
+//!
+//! - the head: every value but the tree's nodes (group context, transcript
+//!   hash, confirmation tag, queued proposals, the tree's shape and hash),
+//!   a few hundred bytes, one column;
+//! - the tree's nodes, one row each, keyed by their index in the array
+//!   representation of the tree (leaf `i` is `2i`, parent `j` is `2j + 1`);
+//!   blank nodes have no row. A commit changes a path (about `log2(n)`
+//!   nodes) and the leaves it adds or removes, so it writes those rows only.
+//!
+//! Heads written before this layout (JSON, bytes as arrays of numbers, the
+//! whole tree inline) still load ([`legacy`]); the next save writes them in
+//! the new layout.
+
+mod legacy;
+mod tree;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -9,90 +24,234 @@ use std::collections::BTreeMap;
 use openmls_traits::public_storage::PublicStorageProvider;
 use openmls_traits::storage::{CURRENT_VERSION, Entity, Key, traits};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-/// Why a state blob cannot be read or written.
+use tree::TreeFrame;
+
+/// Why stored state cannot be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("the group state is not valid JSON of the expected shape: {0}")]
-    Malformed(#[source] serde_json::Error),
+    #[error("the group state head is not in a known format")]
+    UnknownFormat,
+    #[error("the group state does not decode: {0}")]
+    Malformed(#[source] postcard::Error),
+    #[error("the legacy (JSON) group state does not decode: {0}")]
+    MalformedLegacy(#[source] serde_json::Error),
     #[error(
         "the group state was written with storage version {found}; this build reads {CURRENT_VERSION}"
     )]
     Version { found: u16 },
     #[error("a value of the group state does not (de)serialise: {0}")]
-    Value(#[source] serde_json::Error),
+    Value(#[source] postcard::Error),
+    #[error("the stored tree is inconsistent: {0}")]
+    Tree(String),
     #[error("the group state holds another group")]
     OtherGroup,
 }
 
-/// What the blob holds, as JSON.
+/// The first bytes of a head in this layout (a legacy JSON head starts
+/// with `{`).
+const MAGIC: &[u8] = b"CBGS\x01";
+
+/// A group's state as the database holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoredState {
+    /// The head (see the module documentation).
+    pub head: Vec<u8>,
+    /// The tree's non-blank nodes: (node index, node).
+    pub nodes: Vec<(i32, Vec<u8>)>,
+}
+
+/// What a save changes in the stored state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The new head (always rewritten: it is small).
+    pub head: Vec<u8>,
+    /// Nodes that are new or changed: (node index, node).
+    pub nodes: Vec<(i32, Vec<u8>)>,
+    /// Nodes that became blank (or fell off a truncated tree).
+    pub blanked: Vec<i32>,
+}
+
+impl StateWrite {
+    /// The stored state after this write applies to `before`.
+    pub fn applied_to(&self, before: &StoredState) -> StoredState {
+        let mut nodes: BTreeMap<i32, Vec<u8>> = before.nodes.iter().cloned().collect();
+        for index in &self.blanked {
+            nodes.remove(index);
+        }
+        nodes.extend(self.nodes.iter().cloned());
+        StoredState {
+            head: self.head.clone(),
+            nodes: nodes.into_iter().collect(),
+        }
+    }
+}
+
+/// Every value but the tree's nodes, each postcard-encoded.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Stored {
+struct Head {
     /// The openmls storage version the values were written with: OpenMLS
-    /// changes its stored types between releases, and a blob written by
+    /// changes its stored types between releases, and state written by
     /// another version must fail loudly rather than half-load.
     version: u16,
     /// The group's id (as OpenMLS serialises a `GroupId`), set by the first
     /// write.
-    group_id: Option<Value>,
-    /// The single values, by name: "tree", "context",
-    /// "interim_transcript_hash", "confirmation_tag".
-    values: BTreeMap<String, Value>,
+    group_id: Option<Vec<u8>>,
+    context: Option<Vec<u8>>,
+    interim_transcript_hash: Option<Vec<u8>>,
+    confirmation_tag: Option<Vec<u8>>,
     /// Queued proposals in arrival order, as (ProposalRef, QueuedProposal).
-    proposals: Vec<(Value, Value)>,
+    proposals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The tree without its nodes; `None` when there is no tree.
+    tree: Option<TreeFrame>,
 }
 
-const TREE: &str = "tree";
-const CONTEXT: &str = "context";
-const INTERIM_TRANSCRIPT_HASH: &str = "interim_transcript_hash";
-const CONFIRMATION_TAG: &str = "confirmation_tag";
+/// The single values of the head, by what OpenMLS calls them.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Context,
+    InterimTranscriptHash,
+    ConfirmationTag,
+}
+
+impl Head {
+    fn value_mut(&mut self, which: Value) -> &mut Option<Vec<u8>> {
+        match which {
+            Value::Context => &mut self.context,
+            Value::InterimTranscriptHash => &mut self.interim_transcript_hash,
+            Value::ConfirmationTag => &mut self.confirmation_tag,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    head: Head,
+    /// The tree's non-blank nodes as last loaded or saved.
+    nodes: BTreeMap<u32, Vec<u8>>,
+    /// The whole tree as OpenMLS last wrote it, not yet split into nodes:
+    /// `Some(None)` if it was deleted.
+    written_tree: Option<Option<Vec<u8>>>,
+}
 
 /// One group's public state. OpenMLS's storage traits take `&self`, so the
-/// contents sit in a `RefCell`; a `GroupState` lives inside one engine call.
-#[derive(Debug)]
+/// contents sit in a `RefCell`.
+#[derive(Debug, Default)]
 pub struct GroupState {
-    stored: RefCell<Stored>,
+    inner: RefCell<Inner>,
 }
 
 impl GroupState {
     /// An empty state, for bootstrapping a group into.
     pub fn empty() -> Self {
-        Self {
-            stored: RefCell::new(Stored {
-                version: CURRENT_VERSION,
-                ..Stored::default()
-            }),
-        }
+        let state = Self::default();
+        state.inner.borrow_mut().head.version = CURRENT_VERSION;
+        state
     }
 
-    /// Reads a blob written by [`GroupState::to_bytes`].
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
-        let stored: Stored = serde_json::from_slice(bytes).map_err(StateError::Malformed)?;
-        if stored.version != CURRENT_VERSION {
+    /// Reads stored state: a head in this layout with its nodes, or a legacy
+    /// JSON head (which has no node rows).
+    pub fn load(stored: &StoredState) -> Result<Self, StateError> {
+        let (head, written_tree) = match stored.head.strip_prefix(MAGIC) {
+            Some(encoded) => {
+                let head: Head = postcard::from_bytes(encoded).map_err(StateError::Malformed)?;
+                (head, None)
+            }
+            None if stored.head.first() == Some(&b'{') => {
+                let (head, tree) = legacy::convert(&stored.head)?;
+                (head, Some(tree))
+            }
+            None => return Err(StateError::UnknownFormat),
+        };
+        if head.version != CURRENT_VERSION {
             return Err(StateError::Version {
-                found: stored.version,
+                found: head.version,
             });
         }
+        let mut nodes = BTreeMap::new();
+        for (index, node) in &stored.nodes {
+            let index = u32::try_from(*index)
+                .map_err(|_| StateError::Tree(format!("node index {index}")))?;
+            nodes.insert(index, node.clone());
+        }
         Ok(Self {
-            stored: RefCell::new(stored),
+            inner: RefCell::new(Inner {
+                head,
+                nodes,
+                written_tree,
+            }),
         })
     }
 
-    /// The blob to store.
-    pub fn to_bytes(&self) -> Result<Vec<u8>, StateError> {
-        serde_json::to_vec(&*self.stored.borrow()).map_err(StateError::Value)
+    /// Brings the stored state up to date with what OpenMLS wrote since the
+    /// last load or save: returns the changes to store, and from now on
+    /// compares with them.
+    pub fn save(&self) -> Result<StateWrite, StateError> {
+        let mut inner = self.inner.borrow_mut();
+        let mut write = StateWrite::default();
+        if let Some(tree) = inner.written_tree.take() {
+            let (frame, nodes) = match tree {
+                Some(bytes) => {
+                    let (frame, nodes) = tree::split(&bytes)?;
+                    (Some(frame), nodes)
+                }
+                None => (None, BTreeMap::new()),
+            };
+            for (index, node) in &nodes {
+                if inner.nodes.get(index) != Some(node) {
+                    write.nodes.push((node_row(*index)?, node.clone()));
+                }
+            }
+            for index in inner.nodes.keys() {
+                if !nodes.contains_key(index) {
+                    write.blanked.push(node_row(*index)?);
+                }
+            }
+            inner.head.tree = frame;
+            inner.nodes = nodes;
+        }
+        write.head = encode_head(&inner.head)?;
+        Ok(write)
+    }
+
+    /// The whole stored state (after a save): what a new group's rows are.
+    pub fn snapshot(&self) -> Result<StoredState, StateError> {
+        let write = self.save()?;
+        let nodes = self
+            .inner
+            .borrow()
+            .nodes
+            .iter()
+            .map(|(index, node)| Ok((node_row(*index)?, node.clone())))
+            .collect::<Result<_, StateError>>()?;
+        Ok(StoredState {
+            head: write.head,
+            nodes,
+        })
+    }
+
+    /// About how many bytes this state holds (for a cache's budget).
+    pub fn approximate_size(&self) -> usize {
+        let inner = self.inner.borrow();
+        inner.nodes.values().map(Vec::len).sum::<usize>()
+            + inner
+                .head
+                .proposals
+                .iter()
+                .map(|(r, p)| r.len() + p.len())
+                .sum::<usize>()
+            + 1024
     }
 
     /// Records `group_id` as this state's group, or checks that it is.
     fn claim<K: Key<CURRENT_VERSION>>(&self, group_id: &K) -> Result<(), StateError> {
-        let id = to_value(group_id)?;
-        let mut stored = self.stored.borrow_mut();
-        match &stored.group_id {
+        let id = encode(group_id)?;
+        let mut inner = self.inner.borrow_mut();
+        match &inner.head.group_id {
             Some(ours) if *ours != id => Err(StateError::OtherGroup),
             Some(_) => Ok(()),
             None => {
-                stored.group_id = Some(id);
+                inner.head.group_id = Some(id);
                 Ok(())
             }
         }
@@ -101,51 +260,65 @@ impl GroupState {
     /// Whether `group_id` is this state's group. Reads for any other group
     /// find nothing, as they would in a store holding many groups.
     fn holds<K: Key<CURRENT_VERSION>>(&self, group_id: &K) -> Result<bool, StateError> {
-        let id = to_value(group_id)?;
-        Ok(self.stored.borrow().group_id.as_ref() == Some(&id))
+        let id = encode(group_id)?;
+        Ok(self.inner.borrow().head.group_id.as_ref() == Some(&id))
     }
 
     fn write<K: Key<CURRENT_VERSION>, V: Entity<CURRENT_VERSION>>(
         &self,
         group_id: &K,
-        name: &str,
+        which: Value,
         value: &V,
     ) -> Result<(), StateError> {
         self.claim(group_id)?;
-        let value = to_value(value)?;
-        self.stored
-            .borrow_mut()
-            .values
-            .insert(name.to_owned(), value);
+        let value = encode(value)?;
+        *self.inner.borrow_mut().head.value_mut(which) = Some(value);
         Ok(())
     }
 
     fn read<K: Key<CURRENT_VERSION>, V: Entity<CURRENT_VERSION>>(
         &self,
         group_id: &K,
-        name: &str,
+        which: Value,
     ) -> Result<Option<V>, StateError> {
         if !self.holds(group_id)? {
             return Ok(None);
         }
-        let value = self.stored.borrow().values.get(name).cloned();
-        value.map(from_value).transpose()
+        let mut inner = self.inner.borrow_mut();
+        inner
+            .head
+            .value_mut(which)
+            .as_deref()
+            .map(decode)
+            .transpose()
     }
 
-    fn delete<K: Key<CURRENT_VERSION>>(&self, group_id: &K, name: &str) -> Result<(), StateError> {
+    fn delete<K: Key<CURRENT_VERSION>>(
+        &self,
+        group_id: &K,
+        which: Value,
+    ) -> Result<(), StateError> {
         if self.holds(group_id)? {
-            self.stored.borrow_mut().values.remove(name);
+            *self.inner.borrow_mut().head.value_mut(which) = None;
         }
         Ok(())
     }
 }
 
-fn to_value<T: Serialize>(value: &T) -> Result<Value, StateError> {
-    serde_json::to_value(value).map_err(StateError::Value)
+fn encode_head(head: &Head) -> Result<Vec<u8>, StateError> {
+    postcard::to_extend(head, MAGIC.to_vec()).map_err(StateError::Value)
 }
 
-fn from_value<T: for<'de> Deserialize<'de>>(value: Value) -> Result<T, StateError> {
-    serde_json::from_value(value).map_err(StateError::Value)
+fn node_row(index: u32) -> Result<i32, StateError> {
+    i32::try_from(index).map_err(|_| StateError::Tree(format!("node index {index}")))
+}
+
+fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StateError> {
+    postcard::to_allocvec(value).map_err(StateError::Value)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StateError> {
+    postcard::from_bytes(bytes).map_err(StateError::Value)
 }
 
 impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
@@ -159,7 +332,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         group_id: &GroupId,
         tree: &TreeSync,
     ) -> Result<(), StateError> {
-        self.write(group_id, TREE, tree)
+        self.claim(group_id)?;
+        let tree = encode(tree)?;
+        self.inner.borrow_mut().written_tree = Some(Some(tree));
+        Ok(())
     }
 
     fn write_interim_transcript_hash<
@@ -170,7 +346,11 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         group_id: &GroupId,
         interim_transcript_hash: &InterimTranscriptHash,
     ) -> Result<(), StateError> {
-        self.write(group_id, INTERIM_TRANSCRIPT_HASH, interim_transcript_hash)
+        self.write(
+            group_id,
+            Value::InterimTranscriptHash,
+            interim_transcript_hash,
+        )
     }
 
     fn write_context<
@@ -181,7 +361,7 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         group_id: &GroupId,
         group_context: &GroupContext,
     ) -> Result<(), StateError> {
-        self.write(group_id, CONTEXT, group_context)
+        self.write(group_id, Value::Context, group_context)
     }
 
     fn write_confirmation_tag<
@@ -192,7 +372,7 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         group_id: &GroupId,
         confirmation_tag: &ConfirmationTag,
     ) -> Result<(), StateError> {
-        self.write(group_id, CONFIRMATION_TAG, confirmation_tag)
+        self.write(group_id, Value::ConfirmationTag, confirmation_tag)
     }
 
     fn queue_proposal<
@@ -206,13 +386,14 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         proposal: &QueuedProposal,
     ) -> Result<(), StateError> {
         self.claim(group_id)?;
-        let reference = to_value(proposal_ref)?;
-        let proposal = to_value(proposal)?;
-        let mut stored = self.stored.borrow_mut();
+        let reference = encode(proposal_ref)?;
+        let proposal = encode(proposal)?;
+        let mut inner = self.inner.borrow_mut();
+        let proposals = &mut inner.head.proposals;
         // A proposal queued twice is one proposal (its reference is its hash).
-        match stored.proposals.iter_mut().find(|(r, _)| *r == reference) {
+        match proposals.iter_mut().find(|(r, _)| *r == reference) {
             Some(entry) => entry.1 = proposal,
-            None => stored.proposals.push((reference, proposal)),
+            None => proposals.push((reference, proposal)),
         }
         Ok(())
     }
@@ -228,10 +409,12 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         if !self.holds(group_id)? {
             return Ok(Vec::new());
         }
-        let proposals = self.stored.borrow().proposals.clone();
-        proposals
-            .into_iter()
-            .map(|(reference, proposal)| Ok((from_value(reference)?, from_value(proposal)?)))
+        self.inner
+            .borrow()
+            .head
+            .proposals
+            .iter()
+            .map(|(reference, proposal)| Ok((decode(reference)?, decode(proposal)?)))
             .collect()
     }
 
@@ -242,7 +425,15 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<TreeSync>, StateError> {
-        self.read(group_id, TREE)
+        if !self.holds(group_id)? {
+            return Ok(None);
+        }
+        let inner = self.inner.borrow();
+        match (&inner.written_tree, &inner.head.tree) {
+            (Some(written), _) => written.as_deref().map(decode).transpose(),
+            (None, Some(frame)) => decode(&tree::assemble(frame, &inner.nodes)?).map(Some),
+            (None, None) => Ok(None),
+        }
     }
 
     fn group_context<
@@ -252,7 +443,7 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupContext>, StateError> {
-        self.read(group_id, CONTEXT)
+        self.read(group_id, Value::Context)
     }
 
     fn interim_transcript_hash<
@@ -262,7 +453,7 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<InterimTranscriptHash>, StateError> {
-        self.read(group_id, INTERIM_TRANSCRIPT_HASH)
+        self.read(group_id, Value::InterimTranscriptHash)
     }
 
     fn confirmation_tag<
@@ -272,35 +463,38 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ConfirmationTag>, StateError> {
-        self.read(group_id, CONFIRMATION_TAG)
+        self.read(group_id, Value::ConfirmationTag)
     }
 
     fn delete_tree<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), StateError> {
-        self.delete(group_id, TREE)
+        if self.holds(group_id)? {
+            self.inner.borrow_mut().written_tree = Some(None);
+        }
+        Ok(())
     }
 
     fn delete_confirmation_tag<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), StateError> {
-        self.delete(group_id, CONFIRMATION_TAG)
+        self.delete(group_id, Value::ConfirmationTag)
     }
 
     fn delete_context<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), StateError> {
-        self.delete(group_id, CONTEXT)
+        self.delete(group_id, Value::Context)
     }
 
     fn delete_interim_transcript_hash<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), StateError> {
-        self.delete(group_id, INTERIM_TRANSCRIPT_HASH)
+        self.delete(group_id, Value::InterimTranscriptHash)
     }
 
     fn remove_proposal<
@@ -312,9 +506,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         proposal_ref: &ProposalRef,
     ) -> Result<(), StateError> {
         if self.holds(group_id)? {
-            let reference = to_value(proposal_ref)?;
-            self.stored
+            let reference = encode(proposal_ref)?;
+            self.inner
                 .borrow_mut()
+                .head
                 .proposals
                 .retain(|(r, _)| *r != reference);
         }
@@ -329,7 +524,7 @@ impl PublicStorageProvider<CURRENT_VERSION> for GroupState {
         group_id: &GroupId,
     ) -> Result<(), StateError> {
         if self.holds(group_id)? {
-            self.stored.borrow_mut().proposals.clear();
+            self.inner.borrow_mut().head.proposals.clear();
         }
         Ok(())
     }

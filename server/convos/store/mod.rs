@@ -9,27 +9,125 @@ pub mod welcomes;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use crate::groups::engine::Member;
+use crate::groups::engine::{Member, StateWrite, StoredState};
 use welcomes::WelcomeState;
 
 /// A conversation row, locked for the rest of the transaction.
 pub struct Locked {
     pub epoch: i64,
     pub last_seq: i64,
-    pub state: Vec<u8>,
+    /// Which write of the group state is current (see [`load_state`]).
+    pub state_version: i64,
     pub cipher_suite: String,
 }
 
 /// Locks a conversation: every write to its log and epoch goes through this
-/// lock, so the counter is gapless and one commit per epoch wins.
-pub async fn lock(tx: &mut PgConnection, group_id: &[u8]) -> Result<Option<Locked>, sqlx::Error> {
-    sqlx::query_as!(
-        Locked,
-        "SELECT epoch, last_seq, state, cipher_suite FROM convos WHERE group_id = $1 FOR UPDATE",
-        group_id
+/// lock, so the counter is gapless and one commit per epoch wins. Returns
+/// `did`'s user row with it (the access check needs it: one round trip).
+pub async fn lock(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    did: &str,
+) -> Result<Option<(Locked, Option<User>)>, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT c.epoch, c.last_seq, c.state_version, c.cipher_suite,
+                  u.is_admin AS "is_admin?", u.visible_after_seq AS "visible_after_seq?",
+                  u.left_at, u.banned_at
+           FROM convos c LEFT JOIN convo_users u ON u.convo_id = c.group_id AND u.did = $2
+           WHERE c.group_id = $1 FOR UPDATE OF c"#,
+        group_id,
+        did,
     )
     .fetch_optional(tx)
-    .await
+    .await?;
+    Ok(row.map(|r| {
+        let user = user_of(r.is_admin, r.visible_after_seq, r.left_at, r.banned_at);
+        let locked = Locked {
+            epoch: r.epoch,
+            last_seq: r.last_seq,
+            state_version: r.state_version,
+            cipher_suite: r.cipher_suite,
+        };
+        (locked, user)
+    }))
+}
+
+/// A user row from a LEFT JOIN: the columns are null when there is none
+/// (`is_admin` and `visible_after_seq` are NOT NULL in the table).
+fn user_of(
+    is_admin: Option<bool>,
+    visible_after_seq: Option<i64>,
+    left_at: Option<DateTime<Utc>>,
+    banned_at: Option<DateTime<Utc>>,
+) -> Option<User> {
+    Some(User {
+        is_admin: is_admin?,
+        visible_after_seq: visible_after_seq?,
+        left_at,
+        banned_at,
+    })
+}
+
+/// A conversation's stored group state: the head and the tree's nodes
+/// (migration `0007_group_state_nodes.sql`).
+pub async fn load_state(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+) -> Result<StoredState, sqlx::Error> {
+    let head = sqlx::query_scalar!("SELECT state FROM convos WHERE group_id = $1", group_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let nodes = sqlx::query!(
+        "SELECT node_index, node FROM group_state_nodes WHERE convo_id = $1",
+        group_id
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|row| (row.node_index, row.node))
+    .collect();
+    Ok(StoredState { head, nodes })
+}
+
+/// Stores the nodes a save of the group state changed or blanked (the head
+/// goes with the conversation row's update).
+async fn write_nodes(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    state: &StateWrite,
+) -> Result<(), sqlx::Error> {
+    if !state.blanked.is_empty() {
+        sqlx::query!(
+            "DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($2)",
+            group_id,
+            &state.blanked,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    insert_nodes(tx, group_id, &state.nodes).await
+}
+
+async fn insert_nodes(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    nodes: &[(i32, Vec<u8>)],
+) -> Result<(), sqlx::Error> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let (indexes, nodes): (Vec<i32>, Vec<Vec<u8>>) = nodes.iter().cloned().unzip();
+    sqlx::query!(
+        "INSERT INTO group_state_nodes (convo_id, node_index, node) \
+         SELECT $1, i, n FROM unnest($2::int[], $3::bytea[]) AS t(i, n) \
+         ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node",
+        group_id,
+        &indexes,
+        &nodes,
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// What every read needs of a conversation.
@@ -57,7 +155,8 @@ pub async fn find(db: &mut PgConnection, group_id: &[u8]) -> Result<Option<Convo
     .await
 }
 
-/// Stores a new conversation; false if the group id is taken.
+/// Stores a new conversation with its group state; returns the state
+/// version, or `None` if the group id is taken.
 #[allow(clippy::too_many_arguments)] // One column each.
 pub async fn insert(
     tx: &mut PgConnection,
@@ -67,27 +166,31 @@ pub async fn insert(
     name: Option<&str>,
     description: Option<&str>,
     epoch: i64,
-    state: &[u8],
+    state: &StoredState,
     group_info: &[u8],
     created_with: &[u8],
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query!(
+) -> Result<Option<i64>, sqlx::Error> {
+    let version = sqlx::query_scalar!(
         "INSERT INTO convos (group_id, cipher_suite, creator, name, description, epoch, state, \
                              group_info, created_with) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (group_id) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (group_id) DO NOTHING \
+         RETURNING state_version",
         group_id,
         cipher_suite,
         creator,
         name,
         description,
         epoch,
-        state,
+        &state.head,
         group_info,
         created_with,
     )
-    .execute(tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(result.rows_affected() == 1)
+    if version.is_some() {
+        insert_nodes(tx, group_id, &state.nodes).await?;
+    }
+    Ok(version)
 }
 
 /// Who created a conversation and with which GroupInfo (its SHA-256).
@@ -104,50 +207,57 @@ pub async fn creation(
     Ok(row.map(|r| (r.creator, r.created_with)))
 }
 
-/// Moves a locked conversation to its next epoch after an accepted commit.
-/// The `epoch = old` condition is a second guard besides the lock.
+/// Moves a locked conversation to its next epoch after an accepted commit;
+/// returns the new state version, or `None` if the epoch was not `old` (a
+/// second guard besides the lock).
 pub async fn advance(
     tx: &mut PgConnection,
     group_id: &[u8],
     old_epoch: i64,
     new_epoch: i64,
     seq: i64,
-    state: &[u8],
+    state: &StateWrite,
     group_info: &[u8],
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query!(
-        "UPDATE convos SET epoch = $3, last_seq = $4, state = $5, group_info = $6, \
-                last_message_at = now() \
-         WHERE group_id = $1 AND epoch = $2",
+) -> Result<Option<i64>, sqlx::Error> {
+    let version = sqlx::query_scalar!(
+        "UPDATE convos SET epoch = $3, last_seq = $4, group_info = $5, state = $6, \
+                state_version = nextval('group_state_versions'), last_message_at = now() \
+         WHERE group_id = $1 AND epoch = $2 RETURNING state_version",
         group_id,
         old_epoch,
         new_epoch,
         seq,
-        state,
         group_info,
+        &state.head,
     )
-    .execute(tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(result.rows_affected() == 1)
+    if version.is_some() {
+        write_nodes(tx, group_id, state).await?;
+    }
+    Ok(version)
 }
 
 /// Records a queued proposal: the log counter and the state move, the
-/// epoch does not.
+/// epoch does not. Returns the new state version.
 pub async fn record_proposal(
     tx: &mut PgConnection,
     group_id: &[u8],
     seq: i64,
-    state: &[u8],
-) -> Result<(), sqlx::Error> {
-    sqlx::query!(
-        "UPDATE convos SET last_seq = $2, state = $3, last_message_at = now() WHERE group_id = $1",
+    state: &StateWrite,
+) -> Result<i64, sqlx::Error> {
+    let version = sqlx::query_scalar!(
+        "UPDATE convos SET last_seq = $2, state = $3, \
+                state_version = nextval('group_state_versions'), last_message_at = now() \
+         WHERE group_id = $1 RETURNING state_version",
         group_id,
         seq,
-        state,
+        &state.head,
     )
-    .execute(tx)
+    .fetch_one(&mut *tx)
     .await?;
-    Ok(())
+    write_nodes(tx, group_id, state).await?;
+    Ok(version)
 }
 
 /// Takes the next seq for an application message of `epoch`, or `None` when
@@ -168,18 +278,27 @@ pub async fn next_seq_at_epoch(
     .await
 }
 
-/// The current GroupInfo and its epoch.
+/// The current GroupInfo and its epoch, with `did`'s user row.
 pub async fn group_info(
     db: &mut PgConnection,
     group_id: &[u8],
-) -> Result<Option<(Vec<u8>, i64)>, sqlx::Error> {
+    did: &str,
+) -> Result<Option<(Vec<u8>, i64, Option<User>)>, sqlx::Error> {
     let row = sqlx::query!(
-        "SELECT group_info, epoch FROM convos WHERE group_id = $1",
-        group_id
+        r#"SELECT c.group_info, c.epoch,
+                  u.is_admin AS "is_admin?", u.visible_after_seq AS "visible_after_seq?",
+                  u.left_at, u.banned_at
+           FROM convos c LEFT JOIN convo_users u ON u.convo_id = c.group_id AND u.did = $2
+           WHERE c.group_id = $1"#,
+        group_id,
+        did,
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| (r.group_info, r.epoch)))
+    Ok(row.map(|r| {
+        let user = user_of(r.is_admin, r.visible_after_seq, r.left_at, r.banned_at);
+        (r.group_info, r.epoch, user)
+    }))
 }
 
 // ---- users and devices ------------------------------------------------------
@@ -251,73 +370,100 @@ pub enum LeftReason {
     Left,
 }
 
-/// Makes the device rows equal to the merged tree of the commit at `seq`:
-/// leaves that are gone get `left_at` and `left_seq` (with `reason`), new
-/// ones get a row joined at `seq`. Then the user rows follow: a user with a
-/// device is current (a returning user's membership restarts at `seq`); a
-/// user without one has left.
+/// Makes the device rows follow a commit at `seq`: the leaves whose device
+/// changed (`left`, as before the commit) get `left_at` and `left_seq`
+/// (with `reason`), the new occupants (`joined`) a row joined at `seq`.
+/// Then the user rows of those devices' users follow: a user with a device
+/// is current (a returning user's membership restarts at `seq`); a user
+/// without one has left. Leaves the commit did not touch are not read: a
+/// self-update changes no row.
 pub async fn sync_members(
     tx: &mut PgConnection,
     group_id: &[u8],
-    members: &[Member],
+    left: &[Member],
+    joined: &[Member],
     seq: i64,
     reason: LeftReason,
 ) -> Result<(), sqlx::Error> {
-    let leaves: Vec<i32> = members.iter().map(|m| m.leaf_index as i32).collect();
-    let devices: Vec<String> = members.iter().map(|m| m.device.to_string()).collect();
-    let dids: Vec<String> = members
+    if !left.is_empty() {
+        let (leaves, devices, _) = columns(left);
+        sqlx::query!(
+            "UPDATE convo_devices d SET left_at = now(), left_seq = $4, left_reason = $5 \
+             FROM unnest($2::int[], $3::text[]) AS m(leaf, device) \
+             WHERE d.convo_id = $1 AND d.left_at IS NULL \
+               AND d.leaf_index = m.leaf AND d.device_id = m.device",
+            group_id,
+            &leaves,
+            &devices,
+            seq,
+            reason as LeftReason,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !joined.is_empty() {
+        let (leaves, devices, dids) = columns(joined);
+        // The device rows and their users' rows in one statement (neither
+        // insert reads the other's table).
+        sqlx::query!(
+            "WITH devices AS ( \
+               INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
+               SELECT $1, m.leaf, m.device, m.did, $5 \
+               FROM unnest($2::int[], $3::text[], $4::text[]) AS m(leaf, device, did)) \
+             INSERT INTO convo_users (convo_id, did, visible_after_seq) \
+             SELECT DISTINCT $1::bytea, did, $5::bigint FROM unnest($4::text[]) AS m(did) \
+             ON CONFLICT (convo_id, did) DO UPDATE \
+               SET left_at = NULL, visible_after_seq = EXCLUDED.visible_after_seq \
+               WHERE convo_users.left_at IS NOT NULL",
+            group_id,
+            &leaves,
+            &devices,
+            &dids,
+            seq,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !left.is_empty() {
+        let (_, _, dids) = columns(left);
+        sqlx::query!(
+            "UPDATE convo_users u SET left_at = now() \
+             WHERE u.convo_id = $1 AND u.did = ANY($2) AND u.left_at IS NULL AND NOT EXISTS ( \
+               SELECT 1 FROM convo_devices d \
+               WHERE d.convo_id = $1 AND d.did = u.did AND d.left_at IS NULL)",
+            group_id,
+            &dids,
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Leaf indexes, device ids and DIDs, as SQL arrays.
+fn columns(members: &[Member]) -> (Vec<i32>, Vec<String>, Vec<String>) {
+    let leaves = members.iter().map(|m| m.leaf_index as i32).collect();
+    let devices = members.iter().map(|m| m.device.to_string()).collect();
+    let dids = members
         .iter()
         .map(|m| m.device.did().as_str().to_owned())
         .collect();
-    sqlx::query!(
-        "UPDATE convo_devices d SET left_at = now(), left_seq = $4, left_reason = $5 \
-         WHERE d.convo_id = $1 AND d.left_at IS NULL AND NOT EXISTS ( \
-           SELECT 1 FROM unnest($2::int[], $3::text[]) AS m(leaf, device) \
-           WHERE m.leaf = d.leaf_index AND m.device = d.device_id)",
+    (leaves, devices, dids)
+}
+
+/// The leaves `did`'s devices hold now.
+pub async fn current_leaves_of(
+    tx: &mut PgConnection,
+    group_id: &[u8],
+    did: &str,
+) -> Result<Vec<i32>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT leaf_index FROM convo_devices WHERE convo_id = $1 AND did = $2 AND left_at IS NULL",
         group_id,
-        &leaves,
-        &devices,
-        seq,
-        reason as LeftReason,
+        did
     )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
-         SELECT $1, m.leaf, m.device, m.did, $5 FROM unnest($2::int[], $3::text[], $4::text[]) \
-           AS m(leaf, device, did) \
-         WHERE NOT EXISTS (SELECT 1 FROM convo_devices d WHERE d.convo_id = $1 \
-           AND d.left_at IS NULL AND d.leaf_index = m.leaf AND d.device_id = m.device)",
-        group_id,
-        &leaves,
-        &devices,
-        &dids,
-        seq,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "INSERT INTO convo_users (convo_id, did, visible_after_seq) \
-         SELECT DISTINCT $1::bytea, did, $2::bigint FROM convo_devices \
-         WHERE convo_id = $1 AND left_at IS NULL \
-         ON CONFLICT (convo_id, did) DO UPDATE \
-           SET left_at = NULL, visible_after_seq = EXCLUDED.visible_after_seq \
-           WHERE convo_users.left_at IS NOT NULL",
-        group_id,
-        seq,
-    )
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query!(
-        "UPDATE convo_users u SET left_at = now() \
-         WHERE u.convo_id = $1 AND u.left_at IS NULL AND NOT EXISTS ( \
-           SELECT 1 FROM convo_devices d \
-           WHERE d.convo_id = $1 AND d.did = u.did AND d.left_at IS NULL)",
-        group_id,
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .fetch_all(tx)
+    .await
 }
 
 /// The devices holding a leaf now.
