@@ -123,13 +123,19 @@ pub struct MigrateError {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects with limits that suit a request-per-connection service: a
-/// bounded pool, a short acquire timeout so overload shows as errors rather
-/// than a pile-up, and recycled idle connections.
+/// bounded pool, a short acquire timeout (`acquire_timeout`, about a
+/// second) so that an unreachable database or overload shows as a quick
+/// 503 rather than a pile-up, and recycled idle connections. The pool
+/// reconnects by itself once the database is back.
 ///
 /// One connection is made first, on its own: the pool would keep retrying
 /// a refused connection until its acquire timeout and then report only that
 /// it timed out, where this reports the cause at once.
-pub async fn connect(database: &DatabaseUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
+pub async fn connect(
+    database: &DatabaseUrl,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, ConnectError> {
     let first = tokio::time::timeout(CONNECT_TIMEOUT, database.options.connect())
         .await
         .map_err(|_| ConnectError {
@@ -142,7 +148,7 @@ pub async fn connect(database: &DatabaseUrl, max_connections: u32) -> Result<PgP
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .connect_with(database.options.clone())
         .await
@@ -163,6 +169,32 @@ pub async fn migrate(pool: &PgPool, database: &DatabaseUrl) -> Result<usize, Mig
 /// is our bug, not the caller's.
 pub fn stored_did(did: &str) -> Result<Did, ServiceError> {
     Did::new(did).map_err(|e| ServiceError::Internal(format!("stored DID {did:?}: {e}")))
+}
+
+/// Whether a database error means the database cannot be reached now (no
+/// connection within the acquire timeout, a connection lost, the server
+/// shutting down or starting up, out of connections) rather than a bad
+/// statement: the request may succeed when retried.
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-03: admin shutdown, crash
+        // shutdown, cannot connect now; 53300: too many connections.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether PostgreSQL refused a string it cannot store (SQLSTATE 22021,
+/// "invalid byte sequence": U+0000 in `text`): the input's fault.
+pub fn unstorable_text(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("22021"))
 }
 
 /// Whether the database answers.

@@ -9,7 +9,10 @@ use catbird_generated::runtime::DeclaredError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
 
+use std::time::Duration;
+
 use crate::auth::AuthError;
+use crate::db;
 use crate::groups::engine::EngineError;
 use crate::mls_crypto::UnsupportedSuite;
 
@@ -122,10 +125,44 @@ impl ServiceError {
             }
             Self::TooManyConnections(_) => ("TooManyConnections", StatusCode::TOO_MANY_REQUESTS),
             Self::RateLimitExceeded(_) => ("RateLimitExceeded", StatusCode::TOO_MANY_REQUESTS),
-            Self::Unavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
-            Self::Database(_) | Self::Internal(_) => return None,
+            Self::Unavailable(_) | Self::Database(_) | Self::Internal(_) => return None,
         })
     }
+
+    /// The errors that are not the lexicon's but the caller can act on:
+    /// 503 `ServiceUnavailable` with `Retry-After` (shutting down, or the
+    /// database unreachable: retry), and 400 for a string PostgreSQL
+    /// cannot store (the input's fault, though found only by the
+    /// database). The database's own words are logged, never sent.
+    fn runtime_error(&self) -> Option<XrpcError> {
+        match self {
+            Self::Unavailable(message) => {
+                Some(XrpcError::service_unavailable(message.clone(), RETRY_AFTER))
+            }
+            Self::Database(error) if db::unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                Some(database_unavailable())
+            }
+            Self::Database(error) if db::unstorable_text(error) => {
+                tracing::warn!(%error, "input the database cannot store");
+                Some(XrpcError::invalid_request(
+                    "the input holds a character that cannot be stored (U+0000, NUL)",
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// How long a client is told to wait before retrying a 503.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// 503 `ServiceUnavailable`: the database cannot be reached now.
+pub fn database_unavailable() -> XrpcError {
+    XrpcError::service_unavailable(
+        "the service's database is unavailable; retry shortly",
+        RETRY_AFTER,
+    )
 }
 
 impl From<UnsupportedSuite> for ServiceError {
@@ -158,6 +195,9 @@ impl<E: DeclaredError> From<ServiceError> for MethodError<E> {
     /// with the status chosen above. Our own failures become a 500 whose
     /// cause is only logged.
     fn from(error: ServiceError) -> Self {
+        if let Some(runtime) = error.runtime_error() {
+            return runtime.into();
+        }
         if let Some((name, status)) = error.name_and_status() {
             if let Some(declared) = E::from_name(name) {
                 return MethodError::declared(declared, error.to_string()).with_status(status);
@@ -174,6 +214,9 @@ impl From<ServiceError> for XrpcError {
     /// Where no method type is at hand (the hooks): the lexicon error by
     /// name and status, or a 500 whose cause is only logged.
     fn from(error: ServiceError) -> Self {
+        if let Some(runtime) = error.runtime_error() {
+            return runtime;
+        }
         match error.name_and_status() {
             Some((name, status)) => XrpcError::new(status, name, error.to_string()),
             None => XrpcError::internal(&error),
@@ -192,6 +235,10 @@ pub fn auth_error(error: AuthError) -> XrpcError {
             XrpcError::invalid_token("could not resolve the token issuer's DID document")
         }
         AuthError::Internal(cause) => XrpcError::internal(&cause),
+        AuthError::Unavailable(cause) => {
+            tracing::warn!(%cause, "cannot check a token");
+            database_unavailable()
+        }
         AuthError::Malformed(_)
         | AuthError::UnsupportedAlgorithm
         | AuthError::BadSignature
@@ -209,7 +256,9 @@ pub fn auth_error(error: AuthError) -> XrpcError {
 #[cfg(test)]
 mod tests {
     use catbird_generated::runtime::xrpc::http::StatusCode;
-    use catbird_generated::runtime::xrpc::http::header::WWW_AUTHENTICATE;
+    use catbird_generated::runtime::xrpc::http::header::{
+        RETRY_AFTER as RETRY_AFTER_HEADER, WWW_AUTHENTICATE,
+    };
 
     use super::*;
 
@@ -238,5 +287,34 @@ mod tests {
         let internal = auth_error(AuthError::Internal("pool timed out at 10.0.0.1".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!internal.message().contains("10.0.0.1"));
+
+        let unavailable = auth_error(AuthError::Unavailable("pool timed out at 10.0.0.1".into()));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.error(), "ServiceUnavailable");
+        assert_eq!(unavailable.headers()[RETRY_AFTER_HEADER], "1");
+        assert!(!unavailable.message().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn database_failures_become_503s_or_400s() {
+        use catbird_generated::lexicons::blue::catbird::mls::send_message;
+
+        let timed_out: XrpcError = ServiceError::Database(sqlx::Error::PoolTimedOut).into();
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(timed_out.error(), "ServiceUnavailable");
+        assert_eq!(timed_out.headers()[RETRY_AFTER_HEADER], "1");
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let method: MethodError<send_message::Error> =
+            ServiceError::Database(sqlx::Error::Io(refused)).into();
+        assert_eq!(method.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(method.name(), "ServiceUnavailable");
+
+        let other: XrpcError = ServiceError::Database(sqlx::Error::RowNotFound).into();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        let stopping: XrpcError = ServiceError::Unavailable("shutting down".into()).into();
+        assert_eq!(stopping.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stopping.headers()[RETRY_AFTER_HEADER], "1");
     }
 }
