@@ -51,13 +51,16 @@ pub struct ConnectionSettings {
     pub header_read_timeout: Duration,
 }
 
+/// Open connections per client address.
+type AddressCounts = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// A TCP listener that holds at most the configured connections, and
 /// hands out each as a [`GuardedStream`].
 pub struct GuardedListener {
     listener: TcpListener,
     settings: ConnectionSettings,
     permits: Arc<Semaphore>,
-    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_address: AddressCounts,
 }
 
 impl GuardedListener {
@@ -141,15 +144,11 @@ async fn accept_failed(error: io::Error) {
 
 /// One connection's share of its address's limit, given back on drop.
 struct AddressSlot {
-    counts: Option<(Arc<Mutex<HashMap<IpAddr, usize>>>, IpAddr)>,
+    counts: Option<(AddressCounts, IpAddr)>,
 }
 
 impl AddressSlot {
-    fn take(
-        counts: &Arc<Mutex<HashMap<IpAddr, usize>>>,
-        ip: IpAddr,
-        settings: ConnectionSettings,
-    ) -> Option<Self> {
+    fn take(counts: &AddressCounts, ip: IpAddr, settings: ConnectionSettings) -> Option<Self> {
         let Some(limit) = settings.max_per_address else {
             return Some(Self { counts: None });
         };

@@ -3,12 +3,11 @@
 //! acknowledged message is in the log with its bytes, the seqs are
 //! gapless, and every device ends at the service's epoch.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use catbird_generated::runtime::xrpc::futures_util::future::join_all;
 use sqlx::PgPool;
 
-use super::load::{Group, Ledger, UNLIMITED, audit, commit_while, send_all};
+use super::load::{Group, Ledger, UNLIMITED, audit, run};
 use crate::common::process::{ServerProcess, database_url};
 
 const SENDERS: usize = 4;
@@ -23,7 +22,6 @@ async fn sigkill_under_load_loses_no_acknowledged_message(pool: PgPool) {
     let (address, url) = (server.address, server.url());
     let mut group = Group::create(&url, dids.path(), "crash", SENDERS).await;
     let ledger = Ledger::default();
-    let done = AtomicBool::new(false);
 
     let faults = async {
         let mut server = server;
@@ -36,18 +34,8 @@ async fn sigkill_under_load_loses_no_acknowledged_message(pool: PgPool) {
         server
     };
     let convo = group.convo.clone();
-    let sending = join_all(
-        group
-            .senders
-            .iter_mut()
-            .map(|sender| send_all(&url, sender, &convo, MESSAGES_PER_SENDER, &ledger)),
-    );
-    let sending = async {
-        sending.await;
-        done.store(true, Ordering::Relaxed);
-    };
-    let committing = commit_while(&url, &mut group.committer, &convo, 10, &ledger, &done);
-    let (server, (), ()) = tokio::join!(faults, sending, committing);
+    let load = run(&url, &mut group, MESSAGES_PER_SENDER, 10, &ledger);
+    let (server, ()) = tokio::join!(faults, load);
 
     let audit = audit(&pool, &convo, &ledger).await;
     let epochs = group.epochs(&url).await;

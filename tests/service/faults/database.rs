@@ -8,12 +8,11 @@
 //! cluster of its own (`scripts/pg-start --cluster faults`).
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use catbird_generated::lexicons::blue::catbird::mls::get_convos;
 use catbird_generated::runtime::Did;
-use catbird_generated::runtime::xrpc::futures_util::future::join_all;
 use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_generated::runtime::xrpc::reqwest;
 use catbird_mls_client::{LocalIdentity, create_identity, mint_token};
@@ -21,7 +20,7 @@ use catbird_mls_core::auth::Algorithm;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
 use super::json_body;
-use super::load::{Group, Ledger, RUN_BOUND, UNLIMITED, audit, commit_while, send_all};
+use super::load::{Group, Ledger, RUN_BOUND, UNLIMITED, audit, run};
 use crate::common::SERVICE_DID;
 use crate::common::process::ServerProcess;
 
@@ -104,7 +103,6 @@ async fn a_database_outage_is_answered_503_and_recovered_from_without_loss() {
     let url = server.url();
     let mut group = Group::create(&url, dids.path(), "outage", SENDERS).await;
     let ledger = Ledger::default();
-    let done = AtomicBool::new(false);
     let prober = create_identity(dids.path(), "prober", Algorithm::Es256k).unwrap();
 
     let outage = async {
@@ -142,19 +140,8 @@ async fn a_database_outage_is_answered_503_and_recovered_from_without_loss() {
         )
     };
     let convo = group.convo.clone();
-    let sending = join_all(
-        group
-            .senders
-            .iter_mut()
-            .map(|sender| send_all(&url, sender, &convo, MESSAGES_PER_SENDER, &ledger)),
-    );
-    let sending = async {
-        sending.await;
-        done.store(true, Ordering::Relaxed);
-    };
-    let committing = commit_while(&url, &mut group.committer, &convo, 10, &ledger, &done);
-    let ((down_for, health_checks, recovered, refusal), (), ()) =
-        tokio::join!(outage, sending, committing);
+    let load = run(&url, &mut group, MESSAGES_PER_SENDER, 10, &ledger);
+    let ((down_for, health_checks, recovered, refusal), ()) = tokio::join!(outage, load);
 
     // What a client is told: retry, and when.
     let (status, retry_after, body) = refusal;

@@ -12,6 +12,7 @@ use catbird_generated::lexicons::blue::catbird::mls::{
     Client, commit_group_change, get_epoch, send_message,
 };
 use catbird_generated::runtime::Did;
+use catbird_generated::runtime::xrpc::futures_util::future::join_all;
 use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_mls_client::{Change, Device, LocalIdentity, create_identity, service_client};
 use catbird_mls_core::auth::Algorithm;
@@ -141,11 +142,30 @@ async fn sync(device: &mut Device, convo: &str) {
     }
 }
 
+/// The whole load: every sender sends `messages` messages while the
+/// committer commits a self-update per `every` acknowledged ones.
+pub async fn run(url: &str, group: &mut Group, messages: usize, every: usize, ledger: &Ledger) {
+    let done = AtomicBool::new(false);
+    let convo = group.convo.clone();
+    let sending = async {
+        join_all(
+            group
+                .senders
+                .iter_mut()
+                .map(|sender| send_all(url, sender, &convo, messages, ledger)),
+        )
+        .await;
+        done.store(true, Ordering::Relaxed);
+    };
+    let committing = commit_while(url, &mut group.committer, &convo, every, ledger, &done);
+    tokio::join!(sending, committing);
+}
+
 /// Sends `count` messages as `member`, each retried with the same msgId
 /// and ciphertext until acknowledged (so one stored before a failure is
 /// not stored twice); after `409 EpochMismatch` (a commit came first) it
 /// reads the log and encrypts the message anew under a new msgId.
-pub async fn send_all(url: &str, member: &mut Member, convo: &str, count: usize, ledger: &Ledger) {
+async fn send_all(url: &str, member: &mut Member, convo: &str, count: usize, ledger: &Ledger) {
     let client = member.client(url);
     member.device.set_client(member.client(url));
     let started = Instant::now();
@@ -209,7 +229,7 @@ pub async fn send_all(url: &str, member: &mut Member, convo: &str, count: usize,
 /// Commits self-updates as the committer, one per `every` acknowledged
 /// messages, until `done`; each commit is retried as sent until the
 /// service answers (resubmitting an accepted commit returns its result).
-pub async fn commit_while(
+async fn commit_while(
     url: &str,
     committer: &mut Member,
     convo: &str,
