@@ -171,32 +171,6 @@ pub fn stored_did(did: &str) -> Result<Did, ServiceError> {
     Did::new(did).map_err(|e| ServiceError::Internal(format!("stored DID {did:?}: {e}")))
 }
 
-/// Whether a database error means the database cannot be reached now (no
-/// connection within the acquire timeout, a connection lost, the server
-/// shutting down or starting up, out of connections) rather than a bad
-/// statement: the request may succeed when retried.
-pub fn unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::WorkerCrashed => true,
-        // Class 08: connection exceptions; 57P01-03: admin shutdown, crash
-        // shutdown, cannot connect now; 53300: too many connections.
-        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
-    }
-}
-
-/// Whether PostgreSQL refused a string it cannot store (SQLSTATE 22021,
-/// "invalid byte sequence": U+0000 in `text`): the input's fault.
-pub fn unstorable_text(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("22021"))
-}
-
 /// Whether the database answers.
 pub async fn reachable(pool: &PgPool) -> bool {
     sqlx::query_scalar!("SELECT 1 AS \"one!\"")

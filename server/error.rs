@@ -11,10 +11,9 @@ use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
 
 use std::time::Duration;
 
-use crate::auth::AuthError;
-use crate::db;
 use crate::groups::engine::EngineError;
 use crate::mls_crypto::UnsupportedSuite;
+use catbird_mls_core::auth::AuthError;
 
 /// Why a method failed. Each variant that is a lexicon error carries the
 /// message for the caller; [`ServiceError::Database`] and
@@ -139,11 +138,11 @@ impl ServiceError {
             Self::Unavailable(message) => {
                 Some(XrpcError::service_unavailable(message.clone(), RETRY_AFTER))
             }
-            Self::Database(error) if db::unavailable(error) => {
+            Self::Database(error) if unavailable(error) => {
                 tracing::warn!(%error, "database unavailable");
                 Some(database_unavailable())
             }
-            Self::Database(error) if db::unstorable_text(error) => {
+            Self::Database(error) if unstorable_text(error) => {
                 tracing::warn!(%error, "input the database cannot store");
                 Some(XrpcError::invalid_request(
                     "the input holds a character that cannot be stored (U+0000, NUL)",
@@ -152,6 +151,32 @@ impl ServiceError {
             _ => None,
         }
     }
+}
+
+/// Whether a database error means the database cannot be reached now (no
+/// connection within the acquire timeout, a connection lost, the server
+/// shutting down or starting up, out of connections) rather than a bad
+/// statement: the request may succeed when retried.
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-03: admin shutdown, crash
+        // shutdown, cannot connect now; 53300: too many connections.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether PostgreSQL refused a string it cannot store (SQLSTATE 22021,
+/// "invalid byte sequence": U+0000 in `text`): the input's fault.
+pub fn unstorable_text(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("22021"))
 }
 
 /// How long a client is told to wait before retrying a 503.

@@ -30,7 +30,7 @@ pub use verifier::{Caller, Verifier, claimed_issuer};
 /// database is unreachable (the caller may retry), else our own failure.
 pub fn storage_failure(what: &str, error: &sqlx::Error) -> AuthError {
     let cause = format!("{what}: {error}");
-    if crate::db::unavailable(error) {
+    if crate::error::unavailable(error) {
         AuthError::Unavailable(cause)
     } else {
         AuthError::Internal(cause)
