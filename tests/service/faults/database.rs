@@ -8,7 +8,6 @@
 //! cluster of its own (`scripts/pg-start --cluster faults`).
 
 use std::process::Command;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use catbird_generated::lexicons::blue::catbird::mls::get_convos;
