@@ -14,7 +14,11 @@ use axum::{Json, Router};
 use catbird_generated::runtime::xrpc;
 use serde_json::json;
 
+use axum::extract::connect_info::{ConnectInfo, IntoMakeServiceWithConnectInfo};
+use axum::middleware::AddExtension;
+
 use crate::config::{ConfigError, ServeConfig};
+use crate::connections::{self, ConnectionSettings, GuardedListener, Peer};
 use crate::db::{self, ConnectError, MigrateError};
 use crate::service::Service;
 use crate::state::AppState;
@@ -60,7 +64,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
 
     tracing::info!("connecting to the database at {}", checked.database);
-    let pool = db::connect(&checked.database, config.db_max_connections).await?;
+    let pool = db::connect(
+        &checked.database,
+        config.db_max_connections,
+        config.db_acquire_timeout(),
+    )
+    .await?;
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -82,15 +91,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
     state.realtime.spawn_fanout(&state.db);
     let hub = state.realtime.hub.clone();
-    let app = router(state, config.max_body_bytes)
-        // The peer address, for per-address rate limits and the audit log.
-        .into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state, &config);
     tracing::info!(version = crate::VERSION, "serving at http://{address}");
 
     // On SIGTERM stop accepting, let in-flight requests finish, but not for
     // longer than the grace period.
     let stopping = Arc::new(tokio::sync::Notify::new());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let server = http_server(listener, app, config.connection_settings()).with_graceful_shutdown({
         let stopping = stopping.clone();
         async move {
             shutdown_signal().await;
@@ -132,8 +139,26 @@ async fn shutdown_signal() {
     }
 }
 
-/// The whole HTTP surface of the service.
-pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+/// The HTTP server of `app` on `listener`, within the connection limits
+/// and timeouts of `settings` ([`connections`]).
+pub fn http_server(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    settings: ConnectionSettings,
+) -> axum::serve::Serve<
+    GuardedListener,
+    IntoMakeServiceWithConnectInfo<Router, Peer>,
+    AddExtension<Router, ConnectInfo<Peer>>,
+> {
+    let listener = GuardedListener::new(listener, settings);
+    // The peer (and its connection's activity), for the connection's
+    // timeouts, the per-address rate limits and the audit log.
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+}
+
+/// The whole HTTP surface of the service: the body limit and the pause
+/// allowed while a body is read come from `config`.
+pub fn router(state: Arc<AppState>, config: &ServeConfig) -> Router {
     let operations = Router::new()
         .route("/xrpc/_health", get(health))
         .route("/metrics", get(metrics))
@@ -142,8 +167,10 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let service = Arc::new(Service { state });
     let api = catbird_generated::lexicons::blue::catbird::mls::router(service);
     xrpc::finish(operations.merge(api))
-        .layer(xrpc::body_limit_layer(max_body_bytes))
+        .layer(xrpc::body_limit_layer(config.max_body_bytes))
+        .layer(xrpc::body_timeout_layer(config.body_read_timeout()))
         .layer(axum::middleware::from_fn(telemetry::observe))
+        .layer(axum::middleware::from_fn(connections::track_requests))
 }
 
 /// `GET /.well-known/did.json`: this service's DID document (a did:web

@@ -18,6 +18,7 @@ use clap::{Args, ValueEnum};
 
 use catbird_generated::lexicons::blue::catbird::mls::send_ephemeral;
 
+use crate::connections::ConnectionSettings;
 use crate::convos::ConvoSettings;
 use crate::db::DatabaseUrl;
 use crate::idempotency::IdempotencySettings;
@@ -207,6 +208,41 @@ pub struct ServeConfig {
     /// commit, a Welcome and a GroupInfo of up to 4 MiB each, as JSON.
     #[arg(long, env = "CATBIRD_MAX_BODY_BYTES", default_value_t = 24 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// How long a connection may wait for a request (after connecting, or
+    /// after its last response) before it is closed, in milliseconds.
+    #[arg(long, env = "CATBIRD_IDLE_TIMEOUT_MS", default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// How long a request's headers may take to arrive, from their first
+    /// byte, before the connection is closed, in milliseconds.
+    #[arg(long, env = "CATBIRD_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// The longest pause while a request body is read, in milliseconds;
+    /// a body that stalls longer is answered 408 and its connection closed.
+    #[arg(long, env = "CATBIRD_BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_ms: u64,
+    /// Most connections held at once (WebSocket event streams included);
+    /// more wait in the listen queue. Keep it below the open-file limit.
+    #[arg(long, env = "CATBIRD_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Most connections from one client address (more are closed at once;
+    /// 0: no limit, e.g. behind a reverse proxy, where every connection
+    /// comes from the proxy).
+    #[arg(
+        long,
+        env = "CATBIRD_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: u32,
+    /// How long a request waits for a database connection before it is
+    /// answered 503 ServiceUnavailable, in milliseconds (this bounds the
+    /// answer while the database is down).
+    #[arg(long, env = "CATBIRD_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_acquire_timeout_ms: u64,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "CATBIRD_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
     pub shutdown_grace_seconds: u64,
@@ -418,6 +454,29 @@ impl ServeConfig {
                 Ok(DidSource::Directory(directory))
             }
         }
+    }
+
+    /// The connection limits and timeouts.
+    pub fn connection_settings(&self) -> ConnectionSettings {
+        ConnectionSettings {
+            max_connections: self.max_connections as usize,
+            max_per_address: match self.max_connections_per_address {
+                0 => None,
+                limit => Some(limit as usize),
+            },
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+
+    /// The longest pause while a request body is read.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    /// How long a request waits for a database connection.
+    pub fn db_acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
     }
 
     /// The idempotency settings.

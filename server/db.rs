@@ -123,13 +123,19 @@ pub struct MigrateError {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects with limits that suit a request-per-connection service: a
-/// bounded pool, a short acquire timeout so overload shows as errors rather
-/// than a pile-up, and recycled idle connections.
+/// bounded pool, a short acquire timeout (`acquire_timeout`, about a
+/// second) so that an unreachable database or overload shows as a quick
+/// 503 rather than a pile-up, and recycled idle connections. The pool
+/// reconnects by itself once the database is back.
 ///
 /// One connection is made first, on its own: the pool would keep retrying
 /// a refused connection until its acquire timeout and then report only that
 /// it timed out, where this reports the cause at once.
-pub async fn connect(database: &DatabaseUrl, max_connections: u32) -> Result<PgPool, ConnectError> {
+pub async fn connect(
+    database: &DatabaseUrl,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> Result<PgPool, ConnectError> {
     let first = tokio::time::timeout(CONNECT_TIMEOUT, database.options.connect())
         .await
         .map_err(|_| ConnectError {
@@ -142,7 +148,7 @@ pub async fn connect(database: &DatabaseUrl, max_connections: u32) -> Result<PgP
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .connect_with(database.options.clone())
         .await

@@ -9,9 +9,11 @@ use catbird_generated::runtime::DeclaredError;
 use catbird_generated::runtime::xrpc::http::StatusCode;
 use catbird_generated::runtime::xrpc::{MethodError, XrpcError};
 
-use crate::auth::AuthError;
+use std::time::Duration;
+
 use crate::groups::engine::EngineError;
 use crate::mls_crypto::UnsupportedSuite;
+use catbird_mls_core::auth::AuthError;
 
 /// Why a method failed. Each variant that is a lexicon error carries the
 /// message for the caller; [`ServiceError::Database`] and
@@ -125,10 +127,70 @@ impl ServiceError {
             }
             Self::TooManyConnections(_) => ("TooManyConnections", StatusCode::TOO_MANY_REQUESTS),
             Self::RateLimitExceeded(_) => ("RateLimitExceeded", StatusCode::TOO_MANY_REQUESTS),
-            Self::Unavailable(_) => ("ServiceUnavailable", StatusCode::SERVICE_UNAVAILABLE),
-            Self::Database(_) | Self::Internal(_) => return None,
+            Self::Unavailable(_) | Self::Database(_) | Self::Internal(_) => return None,
         })
     }
+
+    /// The errors that are not the lexicon's but the caller can act on:
+    /// 503 `ServiceUnavailable` with `Retry-After` (shutting down, or the
+    /// database unreachable: retry), and 400 for a string PostgreSQL
+    /// cannot store (the input's fault, though found only by the
+    /// database). The database's own words are logged, never sent.
+    fn runtime_error(&self) -> Option<XrpcError> {
+        match self {
+            Self::Unavailable(message) => {
+                Some(XrpcError::service_unavailable(message.clone(), RETRY_AFTER))
+            }
+            Self::Database(error) if unavailable(error) => {
+                tracing::warn!(%error, "database unavailable");
+                Some(database_unavailable())
+            }
+            Self::Database(error) if unstorable_text(error) => {
+                tracing::warn!(%error, "input the database cannot store");
+                Some(XrpcError::invalid_request(
+                    "the input holds a character that cannot be stored (U+0000, NUL)",
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Whether a database error means the database cannot be reached now (no
+/// connection within the acquire timeout, a connection lost, the server
+/// shutting down or starting up, out of connections) rather than a bad
+/// statement: the request may succeed when retried.
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P01-03: admin shutdown, crash
+        // shutdown, cannot connect now; 53300: too many connections.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether PostgreSQL refused a string it cannot store (SQLSTATE 22021,
+/// "invalid byte sequence": U+0000 in `text`): the input's fault.
+pub fn unstorable_text(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(error) if error.code().as_deref() == Some("22021"))
+}
+
+/// How long a client is told to wait before retrying a 503.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// 503 `ServiceUnavailable`: the database cannot be reached now.
+pub fn database_unavailable() -> XrpcError {
+    XrpcError::service_unavailable(
+        "the service's database is unavailable; retry shortly",
+        RETRY_AFTER,
+    )
 }
 
 impl From<UnsupportedSuite> for ServiceError {
@@ -161,6 +223,9 @@ impl<E: DeclaredError> From<ServiceError> for MethodError<E> {
     /// with the status chosen above. Our own failures become a 500 whose
     /// cause is only logged.
     fn from(error: ServiceError) -> Self {
+        if let Some(runtime) = error.runtime_error() {
+            return runtime.into();
+        }
         if let Some((name, status)) = error.name_and_status() {
             if let Some(declared) = E::from_name(name) {
                 return MethodError::declared(declared, error.to_string()).with_status(status);
@@ -177,6 +242,9 @@ impl From<ServiceError> for XrpcError {
     /// Where no method type is at hand (the hooks): the lexicon error by
     /// name and status, or a 500 whose cause is only logged.
     fn from(error: ServiceError) -> Self {
+        if let Some(runtime) = error.runtime_error() {
+            return runtime;
+        }
         match error.name_and_status() {
             Some((name, status)) => XrpcError::new(status, name, error.to_string()),
             None => XrpcError::internal(&error),
@@ -195,6 +263,10 @@ pub fn auth_error(error: AuthError) -> XrpcError {
             XrpcError::invalid_token("could not resolve the token issuer's DID document")
         }
         AuthError::Internal(cause) => XrpcError::internal(&cause),
+        AuthError::Unavailable(cause) => {
+            tracing::warn!(%cause, "cannot check a token");
+            database_unavailable()
+        }
         AuthError::Malformed(_)
         | AuthError::UnsupportedAlgorithm
         | AuthError::BadSignature
@@ -212,7 +284,9 @@ pub fn auth_error(error: AuthError) -> XrpcError {
 #[cfg(test)]
 mod tests {
     use catbird_generated::runtime::xrpc::http::StatusCode;
-    use catbird_generated::runtime::xrpc::http::header::WWW_AUTHENTICATE;
+    use catbird_generated::runtime::xrpc::http::header::{
+        RETRY_AFTER as RETRY_AFTER_HEADER, WWW_AUTHENTICATE,
+    };
 
     use super::*;
 
@@ -241,5 +315,34 @@ mod tests {
         let internal = auth_error(AuthError::Internal("pool timed out at 10.0.0.1".into()));
         assert_eq!(internal.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!internal.message().contains("10.0.0.1"));
+
+        let unavailable = auth_error(AuthError::Unavailable("pool timed out at 10.0.0.1".into()));
+        assert_eq!(unavailable.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(unavailable.error(), "ServiceUnavailable");
+        assert_eq!(unavailable.headers()[RETRY_AFTER_HEADER], "1");
+        assert!(!unavailable.message().contains("10.0.0.1"));
+    }
+
+    #[test]
+    fn database_failures_become_503s_or_400s() {
+        use catbird_generated::lexicons::blue::catbird::mls::send_message;
+
+        let timed_out: XrpcError = ServiceError::Database(sqlx::Error::PoolTimedOut).into();
+        assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(timed_out.error(), "ServiceUnavailable");
+        assert_eq!(timed_out.headers()[RETRY_AFTER_HEADER], "1");
+
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let method: MethodError<send_message::Error> =
+            ServiceError::Database(sqlx::Error::Io(refused)).into();
+        assert_eq!(method.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(method.name(), "ServiceUnavailable");
+
+        let other: XrpcError = ServiceError::Database(sqlx::Error::RowNotFound).into();
+        assert_eq!(other.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        let stopping: XrpcError = ServiceError::Unavailable("shutting down".into()).into();
+        assert_eq!(stopping.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stopping.headers()[RETRY_AFTER_HEADER], "1");
     }
 }

@@ -6,7 +6,7 @@
 //! the generated handler trait, routing each method to its area:
 //! [`keypackages`], [`convos`]). Shared: [`auth`] (service auth),
 //! [`error`] (typed errors to XRPC errors, in one place), [`db`] (pool,
-//! migrations), [`maintenance`] (cleanup jobs), [`telemetry`] (logs,
+//! migrations), [`connections`] (connection limits and timeouts), [`maintenance`] (cleanup jobs), [`telemetry`] (logs,
 //! metrics). Around every method: [`ratelimit`], [`idempotency`],
 //! [`audit`]; [`rollout`] switches external commits; [`realtime`] streams
 //! the log to devices. The MLS engine,
@@ -19,6 +19,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod convos;
 pub mod db;
 pub mod did_web;

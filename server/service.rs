@@ -43,6 +43,10 @@ pub struct Service {
 impl XrpcService for Service {
     type Caller = Caller;
 
+    /// PostgreSQL `text` cannot hold U+0000: such input is refused with a
+    /// 400 naming the field before anything is stored.
+    const ACCEPTS_NUL: bool = false;
+
     /// An address over its failed-authentication budget is refused first;
     /// then service auth ([`crate::auth`]) bound to the route's NSID; a
     /// failure is audited and charged to the address, a success to the
@@ -173,7 +177,7 @@ impl Service {
     async fn redeem_ticket(&self, ticket: &StreamTicket) -> Result<Caller, AuthError> {
         let owner = tickets::redeem(&self.state.db, &ticket.ticket)
             .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?
+            .map_err(|e| auth::storage_failure("redeeming a ticket", &e))?
             .ok_or_else(|| AuthError::Malformed("unknown, used or expired ticket".into()))?;
         if ticket.device.as_deref() != Some(owner.device_id.as_str()) {
             return Err(AuthError::Malformed(

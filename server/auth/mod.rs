@@ -25,3 +25,14 @@ pub use catbird_mls_core::auth::{AuthError, DidDocument, jwt};
 pub use replay::{MemoryReplayStore, PgReplayStore, ReplayStore};
 pub use resolver::{DidResolver, DirectoryResolver, NetworkResolver, Resolver};
 pub use verifier::{Caller, Verifier, claimed_issuer};
+
+/// A database failure while checking a token: 503 material when the
+/// database is unreachable (the caller may retry), else our own failure.
+pub fn storage_failure(what: &str, error: &sqlx::Error) -> AuthError {
+    let cause = format!("{what}: {error}");
+    if crate::error::unavailable(error) {
+        AuthError::Unavailable(cause)
+    } else {
+        AuthError::Internal(cause)
+    }
+}

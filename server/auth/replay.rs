@@ -118,7 +118,7 @@ impl ReplayStore for PgReplayStore {
         )
         .execute(&self.pool)
         .await
-        .map_err(|error| AuthError::Internal(format!("recording a token id: {error}")))?;
+        .map_err(|error| super::storage_failure("recording a token id", &error))?;
         Ok(result.rows_affected() == 1)
     }
 }

@@ -4,7 +4,8 @@
 //!    `typ` (no I/O);
 //! 2. claims: `iss` is a DID, `aud` is us, `exp`/`nbf`/`iat` within the
 //!    clock-skew allowance, `lxm` is this route, `jti` present (no I/O);
-//! 3. the issuer's DID document gives the `#atproto` key, of the type `alg`
+//! 3. the issuer's DID document gives the `#atproto` key (a labeler's
+//!    `#atproto_label` for `iss` `did#atproto_labeler`), of the type `alg`
 //!    names, and it verifies the signature (network or disk);
 //! 4. the `jti` has not been used (database) — last, so only authentic
 //!    tokens are recorded.
@@ -95,18 +96,18 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
         let token = bearer_token(authorization.ok_or(AuthError::Missing)?)?;
         let token = jwt::parse(token)?;
         let claims = &token.claims;
-        let (did, issuer) = parse_issuer(&claims.iss)?;
+        let (did, issuer, key_id) = parse_issuer(&claims.iss)?;
         let jti = self.check_claims(nsid, claims, Utc::now())?;
 
         let document = self.resolver.resolve(&did).await?;
-        if let Err(error) = check_signature(&document, &token) {
+        if let Err(error) = check_signature(&document, key_id, &token) {
             // The key may have been rotated (even to the other curve) since
             // the document was cached: look once more before rejecting.
             let fresh = self.resolver.refresh(&did).await?;
             if fresh == document {
                 return Err(error);
             }
-            check_signature(&fresh, &token)?;
+            check_signature(&fresh, key_id, &token)?;
         }
 
         // Remember the id until the token could no longer pass the `exp` check.
@@ -151,17 +152,25 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
             });
         }
         match claims.jti.as_deref() {
-            Some(jti) if !jti.is_empty() && jti.len() <= 256 => Ok(jti),
-            Some(_) => Err(AuthError::Malformed("jti must be 1 to 256 bytes".into())),
+            Some(jti) if !jti.is_empty() && jti.len() <= 256 && !jti.contains(char::is_control) => {
+                Ok(jti)
+            }
+            Some(_) => Err(AuthError::Malformed(
+                "jti must be 1 to 256 bytes without control characters".into(),
+            )),
             None => Err(AuthError::Malformed("the jti claim is required".into())),
         }
     }
 }
 
-/// Whether `document`'s signing key is of the token's algorithm and
+/// Whether `document`'s key `key_id` is of the token's algorithm and
 /// verifies its signature.
-fn check_signature(document: &DidDocument, token: &UnverifiedToken<'_>) -> Result<(), AuthError> {
-    let key = document.signing_key()?;
+fn check_signature(
+    document: &DidDocument,
+    key_id: &str,
+    token: &UnverifiedToken<'_>,
+) -> Result<(), AuthError> {
+    let key = document.key(key_id)?;
     if key.algorithm() != token.algorithm {
         return Err(AuthError::UnsupportedAlgorithm);
     }
@@ -181,16 +190,31 @@ fn bearer_token(header: &str) -> Result<&str, AuthError> {
     Ok(token.trim())
 }
 
-/// Splits `iss` into the DID and keeps the raw value; a fragment (a service
-/// id such as `#atproto_labeler`) does not change whose key signs.
-fn parse_issuer(iss: &str) -> Result<(Did, String), AuthError> {
-    let did = match iss.split_once('#') {
-        Some((did, fragment)) if !fragment.is_empty() => did,
-        Some(_) => return Err(AuthError::Malformed("iss has an empty fragment".into())),
-        None => iss,
+/// The service ids an `iss` may carry after `#`, with the verification
+/// method that signs for each. The AT Protocol's service-auth rules (and
+/// the reference implementation) know one: a labeler, `did#atproto_labeler`,
+/// signing with its `#atproto_label` key. An account signs with `#atproto`,
+/// as a bare DID.
+const SERVICE_IDS: &[(&str, &str)] = &[("atproto_labeler", "atproto_label")];
+
+/// Splits `iss` into the DID, the raw value, and the id of the key that
+/// must have signed: `#atproto` for a bare DID, the service's key for a
+/// known service id. Any other fragment (`#atproto`, `#../../x`, empty) is
+/// refused: nothing defines what it would mean.
+fn parse_issuer(iss: &str) -> Result<(Did, String, &'static str), AuthError> {
+    let (did, key_id) = match iss.split_once('#') {
+        None => (iss, "atproto"),
+        Some((did, service)) => match SERVICE_IDS.iter().find(|(id, _)| *id == service) {
+            Some((_, key_id)) => (did, *key_id),
+            None => {
+                return Err(AuthError::Malformed(format!(
+                    "iss may only carry the service id #atproto_labeler, not #{service}"
+                )));
+            }
+        },
     };
     let did = Did::new(did).map_err(|_| AuthError::Malformed("iss is not a DID".into()))?;
-    Ok((did, iss.to_owned()))
+    Ok((did, iss.to_owned(), key_id))
 }
 
 fn timestamp(seconds: i64) -> Result<DateTime<Utc>, AuthError> {

@@ -11,6 +11,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod engine;
+mod faults;
 mod idempotency;
 mod key_package_use;
 mod keypackages;

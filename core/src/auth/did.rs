@@ -50,12 +50,22 @@ impl DidDocument {
     /// `<did>#atproto` (or `#atproto`), a `Multikey` or one of the legacy
     /// `EcdsaSecp256k1VerificationKey2019` / `EcdsaSecp256r1VerificationKey2019`.
     pub fn signing_key(&self) -> Result<PublicKey, AuthError> {
+        self.key("atproto")
+    }
+
+    /// The key of the verification method `<did>#<id>` (or `#<id>`), of a
+    /// type [`signing_key`](Self::signing_key) accepts: e.g. `atproto_label`,
+    /// a labeler's key.
+    pub fn key(&self, id: &str) -> Result<PublicKey, AuthError> {
         let method = self
             .verification_method
             .iter()
             .find(|method| {
-                method.id == "#atproto"
-                    || method.id.strip_suffix("#atproto") == Some(self.id.as_str())
+                method
+                    .id
+                    .strip_suffix(id)
+                    .and_then(|rest| rest.strip_suffix('#'))
+                    .is_some_and(|did| did.is_empty() || did == self.id)
             })
             .ok_or(AuthError::NoSigningKey)?;
         let multibase = method
@@ -68,7 +78,7 @@ impl DidDocument {
             _ => return Err(AuthError::NoSigningKey),
         };
         key.map_err(|error| {
-            tracing::debug!(did = %self.id, %error, "unusable #atproto key");
+            tracing::debug!(did = %self.id, %error, "unusable #{id} key");
             AuthError::NoSigningKey
         })
     }

@@ -18,8 +18,17 @@ pub const MAX_TOKEN_LENGTH: usize = 8 * 1024;
 
 /// `typ` values of tokens that are not service auth: an OAuth access token,
 /// a refresh token, a DPoP proof. Accepting one as service auth would let a
-/// token meant for one purpose be replayed for another.
+/// token meant for one purpose be replayed for another. Compared without
+/// case and without the `application/` prefix, which `typ` may carry (RFC
+/// 7515 §4.1.9: `application/at+jwt` is the same type as `at+jwt`).
 const FORBIDDEN_TYPES: &[&str] = &["at+jwt", "refresh+jwt", "dpop+jwt"];
+
+/// Whether `typ` names one of the [`FORBIDDEN_TYPES`], in any spelling.
+fn is_forbidden_type(typ: &str) -> bool {
+    let typ = typ.trim().to_ascii_lowercase();
+    let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+    FORBIDDEN_TYPES.contains(&typ)
+}
 
 /// The JOSE header fields we read. Others are ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,9 +93,7 @@ pub fn parse(token: &str) -> Result<UnverifiedToken<'_>, AuthError> {
     let header: Header = decode_json(header, "header")?;
     let algorithm = Algorithm::from_jwt_name(&header.alg).ok_or(AuthError::UnsupportedAlgorithm)?;
     if let Some(typ) = &header.typ
-        && FORBIDDEN_TYPES
-            .iter()
-            .any(|forbidden| typ.eq_ignore_ascii_case(forbidden))
+        && is_forbidden_type(typ)
     {
         return Err(AuthError::ForbiddenTokenType(typ.clone()));
     }
@@ -215,7 +222,15 @@ mod tests {
                 "{alg}"
             );
         }
-        for typ in ["at+jwt", "refresh+jwt", "dpop+jwt", "AT+JWT"] {
+        for typ in [
+            "at+jwt",
+            "refresh+jwt",
+            "dpop+jwt",
+            "AT+JWT",
+            "application/at+jwt",
+            "Application/DPoP+JWT",
+            " application/refresh+jwt",
+        ] {
             let header = Header {
                 alg: "ES256K".into(),
                 typ: Some(typ.into()),
@@ -226,10 +241,20 @@ mod tests {
                 AuthError::ForbiddenTokenType(typ.into())
             );
         }
-        let header = Header {
-            alg: "ES256K".into(),
-            typ: None,
-        };
-        assert!(parse(&sign_with_header(&header, &claims(), &key)).is_ok());
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("application/jwt"),
+            Some("at+jwt-ish"),
+        ] {
+            let header = Header {
+                alg: "ES256K".into(),
+                typ: typ.map(Into::into),
+            };
+            assert!(
+                parse(&sign_with_header(&header, &claims(), &key)).is_ok(),
+                "{typ:?}"
+            );
+        }
     }
 }

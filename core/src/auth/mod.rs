@@ -12,7 +12,8 @@ pub use keys::{Algorithm, KeyError, PrivateKey, PublicKey};
 
 /// Why a request's credentials were not accepted.
 ///
-/// Every variant but [`AuthError::Missing`] and [`AuthError::Internal`] is a
+/// Every variant but [`AuthError::Missing`], [`AuthError::Unavailable`] and
+/// [`AuthError::Internal`] is a
 /// problem with the token the caller sent; the messages are written for that
 /// caller and never contain server internals (the `String`s of
 /// [`AuthError::UnresolvableDid`] and [`AuthError::Internal`] may, which is
@@ -68,6 +69,10 @@ pub enum AuthError {
     /// The issuer's DID document has no usable `#atproto` Multikey.
     #[error("the issuer's DID document has no atproto signing key")]
     NoSigningKey,
+    /// The service cannot check the token now (its database is
+    /// unreachable); a retry may succeed. The string is for logs.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
     /// Our own failure (database, ...). The string is for logs.
     #[error("internal error: {0}")]
     Internal(String),

@@ -147,13 +147,54 @@ async fn accepts_tokens_of_legacy_verification_methods() {
 }
 
 #[tokio::test]
-async fn keeps_the_service_fragment_of_iss() {
+async fn a_labeler_iss_is_checked_with_its_label_key() {
     let f = fixture();
+    // alice's document gains a labeler key, `#atproto_label`.
+    let label_key = PrivateKey::generate(Algorithm::Es256k).unwrap();
+    let path = f._dir.path().join(file_name(&f.alice.did));
+    let mut document: DidDocument = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    document
+        .verification_method
+        .push(catbird_mls_core::auth::VerificationMethod {
+            id: format!("{}#atproto_label", f.alice.did),
+            kind: "Multikey".into(),
+            controller: f.alice.did.to_string(),
+            public_key_multibase: Some(label_key.public_key().to_multikey()),
+        });
+    std::fs::write(&path, serde_json::to_vec(&document).unwrap()).unwrap();
+
     let mut claims = claims(&f.alice);
     claims.iss = format!("{}#atproto_labeler", f.alice.did);
-    let caller = f.verify_claims(&claims).await.unwrap();
+    let caller = f.verify(&sign(&claims, &label_key)).await.unwrap();
     assert_eq!(caller.did, f.alice.did);
     assert_eq!(caller.issuer, claims.iss);
+    // The account's own key does not sign for its labeler.
+    claims.jti = Some("another".into());
+    assert_eq!(f.verify_claims(&claims).await, Err(AuthError::BadSignature));
+}
+
+#[tokio::test]
+async fn refuses_an_iss_with_any_other_fragment() {
+    let f = fixture();
+    for fragment in [
+        "atproto",
+        "../../x",
+        "",
+        "atproto_labeler/x",
+        "ATPROTO_LABELER",
+    ] {
+        let mut claims = claims(&f.alice);
+        claims.iss = format!("{}#{fragment}", f.alice.did);
+        assert!(
+            matches!(f.verify_claims(&claims).await, Err(AuthError::Malformed(m)) if m.contains("service id")),
+            "{fragment:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn accepts_a_case_insensitive_scheme() {
+    let f = fixture();
     // The scheme is case-insensitive.
     let token = sign(&self::claims(&f.alice), &f.alice.key);
     assert!(
@@ -180,6 +221,9 @@ async fn rejects_malformed_tokens() {
     empty_fragment.iss = format!("{}#", f.alice.did);
     let mut no_jti = claims(&f.alice);
     no_jti.jti = None;
+    // The jti is stored as text, which cannot hold U+0000.
+    let mut nul_jti = claims(&f.alice);
+    nul_jti.jti = Some("a\0b".into());
     for header in [
         String::new(),
         "Bearer".into(),
@@ -192,6 +236,7 @@ async fn rejects_malformed_tokens() {
         bearer(&sign(&bad_iss, &f.alice.key)),
         bearer(&sign(&empty_fragment, &f.alice.key)),
         bearer(&sign(&no_jti, &f.alice.key)),
+        bearer(&sign(&nul_jti, &f.alice.key)),
     ] {
         let result = f.verifier.verify(NSID, Some(&header)).await;
         assert!(
@@ -341,7 +386,7 @@ async fn a_forged_token_does_not_use_up_a_jti() {
 #[tokio::test]
 async fn rejects_access_refresh_and_dpop_tokens() {
     let f = fixture();
-    for typ in ["at+jwt", "refresh+jwt", "dpop+jwt"] {
+    for typ in ["at+jwt", "refresh+jwt", "dpop+jwt", "application/at+jwt"] {
         let header = Header {
             alg: "ES256K".into(),
             typ: Some(typ.into()),

@@ -75,13 +75,15 @@ impl TestApp {
         let mut config = test_config(dids.path());
         adjust(&mut config);
         let state = Arc::new(AppState::new(&config, pool.clone()).expect("test configuration"));
-        let router = app::router(state.clone(), config.max_body_bytes);
+        let router = app::router(state.clone(), &config);
+        let connections = config.connection_settings();
         let fanout = state.realtime.spawn_fanout(&pool);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
-            let service = router.into_make_service_with_connect_info::<SocketAddr>();
-            axum::serve(listener, service).await.expect("test server");
+            app::http_server(listener, router, connections)
+                .await
+                .expect("test server");
         });
         Self {
             address,

@@ -21,7 +21,7 @@ use crate::runtime::xrpc::{Route, XrpcError};
 use crate::runtime::{RawBody, Validate};
 
 /// The JSON media type.
-const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 
 /// A body a client sends and a server decodes.
 pub trait InputBody: Sized + Send + 'static {
@@ -102,6 +102,64 @@ fn decode_json<T: DeserializeOwned + Validate>(
         .validate()
         .map_err(|error| XrpcError::invalid_request(format!("{what} must be valid: {error}")))?;
     Ok(value)
+}
+
+/// Refuses a JSON body with U+0000 (NUL) in any string or object key, for
+/// services whose store cannot keep it
+/// ([`XrpcService::ACCEPTS_NUL`](crate::runtime::xrpc::XrpcService::ACCEPTS_NUL)):
+/// a 400 `InvalidRequest` naming the field, e.g. `Input must be valid:
+/// msgId: must not contain U+0000 (NUL)`. A body that is not JSON is left
+/// to decoding, which reports it.
+pub fn refuse_nul_in_json(body: &[u8]) -> Result<(), XrpcError> {
+    // JSON can only carry a NUL escaped: skip the parse when there is none.
+    if !body.windows(6).any(|window| window == b"\\u0000") {
+        return Ok(());
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(());
+    };
+    match nul_path(&value) {
+        Some(path) => {
+            let field = if path.is_empty() {
+                "Input".to_owned()
+            } else {
+                path
+            };
+            Err(XrpcError::invalid_request(format!(
+                "Input must be valid: {field}: must not contain U+0000 (NUL)"
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The path (`a.b[2]`, empty for the value itself) of the first string or
+/// object key in `value` that holds U+0000.
+fn nul_path(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    // `rest` continues the path below `head`.
+    fn join(head: String, rest: String) -> String {
+        if rest.is_empty() || rest.starts_with('[') {
+            head + &rest
+        } else {
+            format!("{head}.{rest}")
+        }
+    }
+    match value {
+        Value::String(text) => text.contains('\0').then(String::new),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(index, item)| nul_path(item).map(|rest| join(format!("[{index}]"), rest))),
+        Value::Object(fields) => fields.iter().find_map(|(key, item)| {
+            if key.contains('\0') {
+                Some(format!("{key:?}"))
+            } else {
+                nul_path(item).map(|rest| join(key.clone(), rest))
+            }
+        }),
+        _ => None,
+    }
 }
 
 impl<T: DeserializeOwned + Serialize + Validate + Send + 'static> InputBody for T {
@@ -298,6 +356,41 @@ mod tests {
                 .starts_with("Input must be valid: text: must be at most 10 bytes"),
             "{long}"
         );
+    }
+
+    #[test]
+    fn nul_in_json_is_refused_naming_the_field() {
+        let refused = |body: &str| {
+            refuse_nul_in_json(body.as_bytes())
+                .unwrap_err()
+                .message()
+                .to_owned()
+        };
+        assert_eq!(
+            refused(r#"{"msgId":"a\u0000b"}"#),
+            "Input must be valid: msgId: must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            refused(r#"{"a":{"b":[1,"x","\u0000"]}}"#),
+            "Input must be valid: a.b[2]: must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            refused(r#"[{"k":"\u0000"}]"#),
+            "Input must be valid: [0].k: must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            refused(r#"{"a\u0000":1}"#),
+            "Input must be valid: \"a\\0\": must not contain U+0000 (NUL)"
+        );
+        assert_eq!(
+            refused(r#""\u0000""#),
+            "Input must be valid: Input: must not contain U+0000 (NUL)"
+        );
+        // An escaped backslash before `u0000` is text, not a NUL; bodies
+        // that are not JSON are left to decoding.
+        assert!(refuse_nul_in_json(br#"{"a":"\\u0000"}"#).is_ok());
+        assert!(refuse_nul_in_json(br#"{"a":"\u0000"#).is_ok());
+        assert!(refuse_nul_in_json(br#"{"a":"\u0001"}"#).is_ok());
     }
 
     #[test]

@@ -91,6 +91,32 @@ impl XrpcError {
         .with_header(RETRY_AFTER, HeaderValue::from(seconds))
     }
 
+    /// 408 `RequestTimeout`: the request body stalled for longer than
+    /// `pause`.
+    pub fn request_timeout(pause: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            format!(
+                "the request body stalled for more than {} ms",
+                pause.as_millis()
+            ),
+        )
+    }
+
+    /// 503 `ServiceUnavailable` with `Retry-After` in whole seconds (at
+    /// least 1): the service cannot answer now (its database is
+    /// unreachable, it is shutting down) and a retry may succeed.
+    pub fn service_unavailable(message: impl Into<String>, retry_after: Duration) -> Self {
+        let seconds = retry_after.as_secs().max(1);
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+        .with_header(RETRY_AFTER, HeaderValue::from(seconds))
+    }
+
     /// 413 `PayloadTooLarge`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(

@@ -25,6 +25,7 @@ pub mod unknown_frames;
 #[cfg(all(test, feature = "client", feature = "server"))]
 mod tests;
 
+pub use body::refuse_nul_in_json;
 pub use body::{InputBody, OutputBody};
 #[cfg(feature = "client")]
 pub use client::{ClientError, EventStream, XrpcClient};
@@ -33,12 +34,12 @@ pub use frames::{
     EventMessage, FrameHeader, OP_ERROR, OP_MESSAGE, decode_frame_body, encode_frame,
     encode_frame_body, split_frame,
 };
-pub use params::{NoParams, Params, encode_params, parse_params};
+pub use params::{NoParams, Params, encode_params, parse_params, refuse_nul_in_query};
 pub use route::{MethodKind, Param, ParamKind, Route};
 #[cfg(feature = "server")]
 pub use server::{
-    BodyLimit, DEFAULT_BODY_LIMIT, Intercept, ResponseObserver, SubscriptionStream, XrpcService,
-    body_limit_layer, finish, procedure, query, subscription,
+    BodyLimit, BodyTimeout, DEFAULT_BODY_LIMIT, Intercept, ResponseObserver, SubscriptionStream,
+    XrpcService, body_limit_layer, body_timeout_layer, finish, procedure, query, subscription,
 };
 pub use unknown_frames::{decode_unknown_frame, encode_unknown_frame_body, unknown_frame_type};
 

@@ -86,6 +86,26 @@ pub fn parse_params<P: Params>(route: &Route, query: Option<&str>) -> Result<P, 
     Ok(params)
 }
 
+/// The first query parameter whose name or value holds U+0000 (NUL,
+/// `%00`), for services whose store cannot keep it
+/// ([`XrpcService::ACCEPTS_NUL`](crate::runtime::xrpc::XrpcService::ACCEPTS_NUL)):
+/// a 400 `InvalidRequest` naming it.
+pub fn refuse_nul_in_query(query: Option<&str>) -> Result<(), XrpcError> {
+    let query = query.unwrap_or("");
+    // A NUL can only arrive percent-encoded: skip the parse when there is none.
+    if !query.contains("%00") {
+        return Ok(());
+    }
+    match form_urlencoded::parse(query.as_bytes())
+        .find(|(key, value)| key.contains('\0') || value.contains('\0'))
+    {
+        Some((key, _)) => Err(XrpcError::invalid_request(format!(
+            "parameter {key:?} must not contain U+0000 (NUL)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// One query-string value as the JSON value of its declared kind.
 fn convert(param: &Param, value: &str) -> Result<Value, XrpcError> {
     match param.kind {
@@ -328,6 +348,19 @@ mod tests {
             let message = parse(&query).unwrap_err();
             assert!(message.contains(expected), "{query}: {message}");
         }
+    }
+
+    #[test]
+    fn nul_in_the_query_is_refused_naming_the_parameter() {
+        let error = refuse_nul_in_query(Some("a=1&convoId=ab%00cd")).unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(
+            error.message(),
+            "parameter \"convoId\" must not contain U+0000 (NUL)"
+        );
+        assert!(refuse_nul_in_query(Some("x%00=1")).is_err());
+        assert!(refuse_nul_in_query(Some("a=%2500")).is_ok());
+        assert!(refuse_nul_in_query(None).is_ok());
     }
 
     #[test]

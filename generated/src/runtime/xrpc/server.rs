@@ -27,11 +27,12 @@ use http::{StatusCode, Uri};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 
 use crate::runtime::DeclaredError;
-use crate::runtime::xrpc::body::essence;
+use crate::runtime::xrpc::body::{JSON, essence, refuse_nul_in_json};
 use crate::runtime::xrpc::error::{error_response, name_for_status};
 use crate::runtime::xrpc::frames::{OP_MESSAGE, encode_frame, error_frame};
 use crate::runtime::xrpc::{
     EventMessage, InputBody, MethodError, OutputBody, Params, Route, XrpcError, parse_params,
+    refuse_nul_in_query,
 };
 
 /// What every generated handler trait builds on: the authentication hook.
@@ -49,6 +50,13 @@ pub trait XrpcService: Send + Sync + 'static {
         nsid: &'static str,
         request: &Parts,
     ) -> impl Future<Output = Result<Self::Caller, XrpcError>> + Send;
+
+    /// Whether strings in query parameters and JSON input may hold U+0000
+    /// (NUL). The data model allows it; a service whose store cannot keep
+    /// it (PostgreSQL `text` cannot) says `false`, and such a request then
+    /// gets 400 `InvalidRequest` naming the parameter or field, after
+    /// authentication and before `intercept` or the handler see it.
+    const ACCEPTS_NUL: bool = true;
 
     /// Sees every procedure call once its caller is known and its body read,
     /// before the body is decoded: the place for policies that work on the
@@ -104,6 +112,19 @@ pub fn body_limit_layer(bytes: usize) -> axum::Extension<BodyLimit> {
     axum::Extension(BodyLimit(bytes))
 }
 
+/// The longest pause allowed while a request body is read (between its
+/// parts, not for the whole body), carried as a request extension: a body
+/// that stalls longer is answered with 408 `RequestTimeout` (and the
+/// connection, its body unread, is closed). Without it a body may stall
+/// for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyTimeout(pub std::time::Duration);
+
+/// A layer that sets the [`BodyTimeout`] for the routes it wraps.
+pub fn body_timeout_layer(pause: std::time::Duration) -> axum::Extension<BodyTimeout> {
+    axum::Extension(BodyTimeout(pause))
+}
+
 /// The method router of a query (`GET`, parameters, output).
 pub fn query<S, P, O, E, F, Fut>(service: Arc<S>, route: &'static Route, handler: F) -> MethodRouter
 where
@@ -155,7 +176,7 @@ where
                 Ok(admitted) => admitted,
                 Err(error) => return error.into_response(),
             };
-            let bytes = match read_body(&parts, body).await {
+            let bytes = match read_body::<S>(route, &parts, body).await {
                 Ok(bytes) => bytes,
                 Err(error) => return error.into_response(),
             };
@@ -255,16 +276,41 @@ async fn admit<S: XrpcService, P: Params>(
         )));
     }
     let caller = service.authenticate(route.nsid, parts).await?;
+    if !S::ACCEPTS_NUL {
+        refuse_nul_in_query(parts.uri.query())?;
+    }
     let params = parse_params(route, parts.uri.query())?;
     Ok((caller, params))
 }
 
-/// Reads the body within the limit.
-async fn read_body(parts: &Parts, body: axum::body::Body) -> Result<Bytes, XrpcError> {
+/// Reads the body within the limit and the pause allowed between its
+/// parts ([`BodyTimeout`]), and refuses a NUL in JSON input when the
+/// service does not accept one.
+async fn read_body<S: XrpcService>(
+    route: &Route,
+    parts: &Parts,
+    body: axum::body::Body,
+) -> Result<Bytes, XrpcError> {
+    let bytes = read_limited(parts, body).await?;
+    if !S::ACCEPTS_NUL
+        && route
+            .input
+            .is_some_and(|encoding| essence(encoding) == JSON)
+    {
+        refuse_nul_in_json(&bytes)?;
+    }
+    Ok(bytes)
+}
+
+async fn read_limited(parts: &Parts, body: axum::body::Body) -> Result<Bytes, XrpcError> {
     let limit = parts
         .extensions
         .get::<BodyLimit>()
         .map_or(DEFAULT_BODY_LIMIT, |limit| limit.0);
+    let pause = parts
+        .extensions
+        .get::<BodyTimeout>()
+        .map(|timeout| timeout.0);
     // A declared length over the limit is refused without reading.
     let declared = parts
         .headers
@@ -274,14 +320,31 @@ async fn read_body(parts: &Parts, body: axum::body::Body) -> Result<Bytes, XrpcE
     if declared.is_some_and(|length| length > u64::try_from(limit).unwrap_or(u64::MAX)) {
         return Err(XrpcError::payload_too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(XrpcError::payload_too_large(limit))
+    let mut body = Limited::new(body, limit);
+    let mut bytes = Vec::new();
+    loop {
+        let frame = match pause {
+            Some(pause) => tokio::time::timeout(pause, body.frame())
+                .await
+                .map_err(|_| XrpcError::request_timeout(pause))?,
+            None => body.frame().await,
+        };
+        match frame {
+            None => return Ok(Bytes::from(bytes)),
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.extend_from_slice(data);
+                }
+            }
+            Some(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(XrpcError::payload_too_large(limit));
+            }
+            Some(Err(error)) => {
+                return Err(XrpcError::invalid_request(format!(
+                    "could not read the request body: {error}"
+                )));
+            }
         }
-        Err(error) => Err(XrpcError::invalid_request(format!(
-            "could not read the request body: {error}"
-        ))),
     }
 }
 
