@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     write_seeds: Option<PathBuf>,
     /// Run these saved inputs through the (one) --target and exit.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", num_args = 1..)]
     replay: Vec<PathBuf>,
     /// List the targets and exit.
     #[arg(long)]

@@ -168,7 +168,22 @@ impl Mutator {
         match rng.u8(0..14) {
             0 => Value::Null,
             1 => Value::Bool(rng.bool()),
-            2 => Value::from(*pick(rng, &[0, -1, 1, i64::MIN, i64::MAX, 1 << 53])),
+            // Integer edges, and the ends of the time range a timestamp
+            // can be read into (seconds; year 262143 and -262144).
+            2 => Value::from(*pick(
+                rng,
+                &[
+                    0,
+                    -1,
+                    1,
+                    i64::MIN,
+                    i64::MAX,
+                    1 << 53,
+                    i64::from(i32::MAX),
+                    8_210_266_876_799,
+                    -8_334_601_228_800,
+                ],
+            )),
             3 => Value::from(*pick(rng, &[0.5, -0.0, 1e308, -1e308, 9007199254740993.0])),
             4 => Value::String(String::new()),
             5 => Value::String("\0".repeat(rng.usize(1..4))),

@@ -26,6 +26,8 @@ use crate::{Outcome, Shape, Target, Violation};
 /// The method the seed tokens are for.
 const NSID: &str = "blue.catbird.mls.sendMessage";
 const SERVICE_DID: &str = "did:web:fuzz.catbird.test";
+/// In an unsigned input's `iss`, stands for the signer's DID.
+const SIGNER: &str = "did:plc:fuzzsigner";
 /// Long enough for any fuzzing session.
 const LIFETIME: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -52,10 +54,16 @@ impl TokenTarget {
             .iter()
             .map(|identity| mint_token(identity, &service, NSID, LIFETIME).into_bytes())
             .collect();
-        // The unsigned form of a token the fuzz target signs itself.
+        // The unsigned form of a token the fuzz target signs itself, its
+        // issuer a placeholder (the signer's DID is new in every process,
+        // the saved inputs must replay).
         let signed = mint_token(&identities[0], &service, NSID, LIFETIME);
-        let unsigned = &signed[..=signed.rfind('.').expect("a JWT")];
-        seeds.push(unsigned.as_bytes().to_vec());
+        let payload = signed.split('.').nth(1).expect("a JWT");
+        let mut claims: Claims = decode_segment(payload).expect("the claims just minted");
+        claims.iss = SIGNER.to_owned();
+        let header = &signed[..signed.find('.').expect("a JWT")];
+        let claims = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims as JSON"));
+        seeds.push(format!("{header}.{claims}.").into_bytes());
         Self {
             seeds,
             signer: identities[0].clone(),
@@ -72,14 +80,15 @@ impl TokenTarget {
         }
     }
 
-    /// `header.payload.` signed by the signer, keeping header and payload
-    /// bytes as they are (a new `jti` each time, so replays of the same
-    /// claims are not what is tested). `None` if they do not decode.
+    /// `header.payload.` signed by the signer, with [`SIGNER`] in `iss`
+    /// replaced by its DID and a new `jti` each time (so replays of the
+    /// same claims are not what is tested). `None` if they do not decode.
     fn sign(&self, unsigned: &str) -> Option<String> {
         let mut parts = unsigned.splitn(3, '.');
         let (header, payload) = (parts.next()?, parts.next()?);
         let header: Header = decode_segment(header)?;
         let mut claims: Claims = decode_segment(payload)?;
+        claims.iss = claims.iss.replace(SIGNER, self.signer.did.as_str());
         if claims.jti.is_some() {
             claims.jti = Some(format!(
                 "{}-{}",
