@@ -44,6 +44,8 @@ pub struct Summary {
     pub server_errors: usize,
     /// The 5xx answers (not 501): request kind, method, body.
     pub server_error_answers: Vec<String>,
+    /// The service's ERROR log lines (their causes), distinct, at most 10.
+    pub logged_errors: Vec<String>,
     pub panics: usize,
     pub alive: bool,
     pub conversation: String,
@@ -85,6 +87,12 @@ impl std::fmt::Display for Summary {
         )?;
         for answer in &self.server_error_answers {
             writeln!(f, "  {answer}")?;
+        }
+        if !self.logged_errors.is_empty() {
+            writeln!(f, "the service logged (ERROR lines, distinct):")?;
+            for line in &self.logged_errors {
+                writeln!(f, "  {line}")?;
+            }
         }
         writeln!(
             f,
@@ -161,6 +169,7 @@ pub async fn run(
         by_kind: BTreeMap::new(),
         server_errors: 0,
         server_error_answers: Vec::new(),
+        logged_errors: Vec::new(),
         panics: 0,
         alive: false,
         conversation: String::new(),
@@ -188,9 +197,18 @@ pub async fn run(
             .entry(status)
             .or_default() += 1;
     }
-    summary.panics = std::fs::read_to_string(log)
-        .map(|text| text.matches("panicked").count())
-        .unwrap_or(0);
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    summary.panics = log.matches("panicked").count();
+    let mut logged_errors = BTreeSet::new();
+    for line in log.lines().filter(|line| line.contains("ERROR")) {
+        // Without the timestamp, so repeats of one cause are one line.
+        let cause = line
+            .split_once("ERROR")
+            .map_or(line, |(_, rest)| rest)
+            .trim();
+        logged_errors.insert(cause.chars().take(300).collect::<String>());
+    }
+    summary.logged_errors = logged_errors.into_iter().take(10).collect();
     summary.alive = http
         .get(format!("{url}/xrpc/_health"))
         .send()
@@ -291,6 +309,16 @@ impl Request {
     }
 }
 
+/// A drawn HTTP request: its kind (for the summary), verb, path and
+/// query, headers, body.
+type Drawn = (
+    &'static str,
+    reqwest::Method,
+    String,
+    Vec<(String, Vec<u8>)>,
+    Option<Vec<u8>>,
+);
+
 struct Planned {
     kind: &'static str,
     valid_token: bool,
@@ -326,7 +354,7 @@ impl Generator {
     /// The `index`th request: even ones carry a valid token of a real user
     /// (a member, or the outsider) for the method they call.
     fn next(&mut self, index: usize) -> Planned {
-        let valid_token = index % 2 == 0;
+        let valid_token = index.is_multiple_of(2);
         let route = ROUTES[self.rng.usize(..ROUTES.len())];
         // Malformed HTTP carries no token: only odd requests are drawn from it.
         let choice = if valid_token {
@@ -548,16 +576,7 @@ impl Generator {
         }
     }
 
-    fn odd_method_or_path(
-        &mut self,
-        route: &Route,
-    ) -> (
-        &'static str,
-        reqwest::Method,
-        String,
-        Vec<(String, Vec<u8>)>,
-        Option<Vec<u8>>,
-    ) {
+    fn odd_method_or_path(&mut self, route: &Route) -> Drawn {
         let verbs = [
             "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "BREW",
         ];
@@ -585,16 +604,7 @@ impl Generator {
         )
     }
 
-    fn bad_headers(
-        &mut self,
-        route: &Route,
-    ) -> (
-        &'static str,
-        reqwest::Method,
-        String,
-        Vec<(String, Vec<u8>)>,
-        Option<Vec<u8>>,
-    ) {
+    fn bad_headers(&mut self, route: &Route) -> Drawn {
         let method = if route.kind == MethodKind::Procedure {
             reqwest::Method::POST
         } else {
