@@ -20,6 +20,10 @@ pub enum BenchError {
     /// The cluster, a service process or a scenario could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The hostile-request run found a 5xx, a panic, a dead service or a
+    /// changed conversation.
+    #[error("hostile run failed: {0}")]
+    Hostile(String),
     /// pgbench failed or printed no tps.
     #[error("pgbench: {0}")]
     Pgbench(String),

@@ -11,6 +11,7 @@
 mod env;
 mod error;
 mod fleet;
+mod hostile;
 mod measure;
 mod pgbench;
 mod scenarios;
@@ -76,6 +77,14 @@ struct Cli {
     /// The checkout (for scripts/pg-start and the pgbench script).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/.."))]
     repo: PathBuf,
+    /// Instead of the scenarios: send this many hostile requests (half
+    /// with valid tokens of real members) and print what came back
+    /// (scripts/hostile).
+    #[arg(long, value_name = "REQUESTS", conflicts_with = "url")]
+    hostile: Option<usize>,
+    /// The hostile run's seed (the same seed sends the same requests).
+    #[arg(long, default_value_t = 1)]
+    hostile_seed: u64,
     /// Keep the run's database instead of dropping it.
     #[arg(long)]
     keep_database: bool,
@@ -319,6 +328,26 @@ async fn run(cli: &Cli) -> Result<(), BenchError> {
         services.push(service);
         found
     };
+    if let (Some(requests), Some(service)) = (cli.hostile, services.first()) {
+        let summary = hostile::run(
+            &fleet,
+            &database,
+            &service.url,
+            &service.log,
+            requests,
+            cli.hostile_seed,
+        )
+        .await;
+        drop(services);
+        database.finish(cli.keep_database).await?;
+        let summary = summary?;
+        println!("{summary}");
+        return if summary.passed() {
+            Ok(())
+        } else {
+            Err(BenchError::Hostile("see the summary above".to_owned()))
+        };
+    }
     let sizes = cli.sizes();
     let scenarios = cli.scenarios();
     eprintln!(

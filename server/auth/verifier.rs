@@ -110,10 +110,14 @@ impl<R: DidResolver, S: ReplayStore> Verifier<R, S> {
             check_signature(&fresh, key_id, &token)?;
         }
 
-        // Remember the id until the token could no longer pass the `exp` check.
+        // Remember the id until the token could no longer pass the `exp` check;
+        // an `exp` within the skew of the last representable time (any key
+        // holder can sign one) is remembered until that time.
+        let skew = chrono::Duration::from_std(CLOCK_SKEW)
+            .map_err(|_| AuthError::Internal("clock skew out of range".into()))?;
         let expires_at = timestamp(claims.exp)?
-            + chrono::Duration::from_std(CLOCK_SKEW)
-                .map_err(|_| AuthError::Internal("clock skew out of range".into()))?;
+            .checked_add_signed(skew)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if !self.replay.first_use(jti, &did, expires_at).await? {
             return Err(AuthError::Replayed);
         }

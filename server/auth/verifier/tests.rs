@@ -305,6 +305,18 @@ async fn rejects_expired_tokens() {
     assert_eq!(f.verify_claims(&claims).await, Err(AuthError::Expired));
 }
 
+/// Found by the `token` fuzz target: the replay store's expiry (`exp` plus
+/// the skew) overflowed, and the verifier panicked.
+#[tokio::test]
+async fn accepts_an_exp_at_the_end_of_representable_time_once() {
+    let f = fixture();
+    let mut claims = claims(&f.alice);
+    claims.exp = DateTime::<Utc>::MAX_UTC.timestamp();
+    let token = sign(&claims, &f.alice.key);
+    assert!(f.verify(&token).await.is_ok());
+    assert_eq!(f.verify(&token).await, Err(AuthError::Replayed));
+}
+
 #[tokio::test]
 async fn tolerates_clock_skew_but_not_more() {
     let f = fixture();

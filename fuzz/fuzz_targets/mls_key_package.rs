@@ -1,0 +1,2 @@
+#![no_main]
+catbird_mls_fuzz::libfuzzer_target!("mls_key_package");
