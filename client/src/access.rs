@@ -13,6 +13,28 @@
 //! A PDS forwards calls, not WebSockets: a proxied client opens its event
 //! stream at the service itself, with a one-use ticket it asked for through
 //! the PDS ([`StreamAccess::Ticket`]).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use catbird_generated::runtime::Did;
+//! use catbird_mls_client::{Access, Device, PdsMode, PdsSession, Service};
+//!
+//! let session = PdsSession::login("https://pds.example.com", "alice.example.com", "app password").await?;
+//! let access = Access::Pds {
+//!     session,
+//!     // or PdsMode::ServiceAuth: calls straight to the service, tokens from getServiceAuth
+//!     mode: PdsMode::Proxy,
+//!     service: Service {
+//!         did: Did::new("did:web:mls.example.com")?,
+//!         url: "https://mls.example.com".to_owned(),
+//!     },
+//! };
+//! let mut phone = Device::with_access(&access, "phone")?;
+//! phone.publish_key_packages(50).await?;
+//! let events = phone.subscribe().await?; // the ticket through the PDS, the stream at the service
+//! # Ok(())
+//! # }
+//! ```
 
 use std::fmt;
 use std::time::Duration;

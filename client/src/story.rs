@@ -123,6 +123,12 @@ pub async fn run_through_pds(options: &PdsOptions, out: &mut impl Write) -> Resu
             session.handle(),
             session.did()
         )?;
+        if mode == PdsMode::Proxy {
+            // Every call of bob's carries the session's access token: the
+            // story runs on a refreshed one.
+            session.refresh().await?;
+            writeln!(out, "{name} refreshed the session")?;
+        }
         let access = Access::Pds {
             session,
             mode,

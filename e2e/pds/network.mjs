@@ -47,6 +47,8 @@ let closing = false
 const close = async () => {
   if (closing) return
   closing = true
+  // Whatever a server's close waits for, the process ends within seconds.
+  setTimeout(() => process.exit(0), 5000).unref()
   try {
     await network.close()
   } finally {
