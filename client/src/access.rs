@@ -203,7 +203,7 @@ impl fmt::Display for Access {
                 service,
             } => write!(
                 f,
-                "calls its PDS {} with {PROXY_HEADER}: {}{}; event stream at {} with a ticket asked through the PDS",
+                "calls through the PDS {} with {PROXY_HEADER}: {}{}; event stream at {} with a ticket asked through the PDS",
                 session.pds_url(),
                 service.did,
                 catbird_mls_core::SERVICE_ID,
@@ -215,7 +215,7 @@ impl fmt::Display for Access {
                 service,
             } => write!(
                 f,
-                "calls {} with tokens from its PDS's getServiceAuth ({})",
+                "calls {} with tokens from the PDS's getServiceAuth ({})",
                 service.url,
                 session.pds_url()
             ),
