@@ -7,12 +7,7 @@
 use catbird_generated::runtime::Did;
 use serde_json::{Value, json};
 
-/// The id of the service entry (the fragment after the DID in the
-/// `atproto-proxy` header).
-pub const SERVICE_ID: &str = "#atproto_mls";
-
-/// The type of the service entry.
-pub const SERVICE_TYPE: &str = "AtprotoMlsService";
+use catbird_mls_core::{SERVICE_ID, SERVICE_TYPE};
 
 /// The document of `did` with its service at `endpoint`; `None` unless
 /// `did` is a did:web.

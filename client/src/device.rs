@@ -27,6 +27,7 @@ use openmls_traits::OpenMlsProvider as _;
 use openmls_traits::random::OpenMlsRand as _;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
+use crate::access::{Access, StreamAccess};
 use crate::error::{DeviceError, mls};
 use crate::installation::{Installation, StagedMessages, to_bytes};
 use crate::mls::{SUITE, describe, device_of, lexicon_suite, read_body, read_message};
@@ -45,6 +46,8 @@ const PUBLISH_BATCH: usize = publish_key_packages::Input::KEY_PACKAGES_MAX;
 pub struct Device<S = MemoryStorage> {
     id: DeviceId,
     client: Client,
+    /// How its event stream authenticates (see [`Access::stream`]).
+    stream: StreamAccess,
     mls: Installation<S>,
     /// Per conversation (by convo id): how far this device has read the log.
     logs: HashMap<String, LogPosition>,
@@ -99,6 +102,14 @@ impl Device {
     pub fn new(did: &Did, name: &str, client: Client) -> Result<Self, DeviceError> {
         Self::with_storage(did, name, client, MemoryStorage::default())
     }
+
+    /// A new device `<user's DID>#<name>` reaching the service as `access`
+    /// says (directly, or through the user's PDS), its state in memory.
+    pub fn with_access(access: &Access, name: &str) -> Result<Self, DeviceError> {
+        let mut device = Self::new(access.did(), name, access.client())?;
+        device.stream = access.stream();
+        Ok(device)
+    }
 }
 
 impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
@@ -114,6 +125,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         Ok(Self {
             id,
             client,
+            stream: StreamAccess::Token,
             mls,
             logs: HashMap::new(),
             inbox: Vec::new(),
@@ -131,9 +143,23 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
     }
 
     /// Talks to the service through `client` from now on (another replica,
-    /// a new token source); the MLS state is unchanged.
+    /// a new token source), its event stream authenticated by the client's
+    /// tokens; the MLS state is unchanged.
     pub fn set_client(&mut self, client: Client) {
         self.client = client;
+        self.stream = StreamAccess::Token;
+    }
+
+    /// Reaches the service as `access` says from now on; `access` must be
+    /// for this device's user. The MLS state is unchanged.
+    pub fn set_access(&mut self, access: &Access) {
+        self.client = access.client();
+        self.stream = access.stream();
+    }
+
+    /// How this device's event stream authenticates.
+    pub fn stream_access(&self) -> &StreamAccess {
+        &self.stream
     }
 
     /// Whether this device holds group state for `convo`.

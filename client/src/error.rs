@@ -4,9 +4,9 @@
 
 use catbird_generated::lexicons::blue::catbird::mls::{
     add_members, commit_group_change, confirm_welcome, create_convo, get_group_info,
-    get_key_package_status, get_key_packages, get_messages, get_welcome, leave_convo,
-    process_external_commit, publish_key_packages, remove_member, send_ephemeral, send_message,
-    subscribe_convo_events,
+    get_key_package_status, get_key_packages, get_messages, get_subscription_ticket, get_welcome,
+    leave_convo, process_external_commit, publish_key_packages, remove_member, send_ephemeral,
+    send_message, subscribe_convo_events,
 };
 use catbird_generated::runtime::xrpc::ClientError;
 
@@ -29,6 +29,8 @@ pub enum DeviceError {
     ConfirmWelcome(#[from] ClientError<confirm_welcome::Error>),
     #[error("sendEphemeral: {0}")]
     SendEphemeral(#[from] ClientError<send_ephemeral::Error>),
+    #[error("getSubscriptionTicket: {0}")]
+    GetSubscriptionTicket(#[from] ClientError<get_subscription_ticket::Error>),
     #[error("subscribeConvoEvents: {0}")]
     Subscribe(#[from] ClientError<subscribe_convo_events::Error>),
     #[error("sendMessage: {0}")]

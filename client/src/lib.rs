@@ -13,21 +13,29 @@
 //! - [`Installation`] is the synchronous OpenMLS layer under a device (key,
 //!   state, groups, commits, joins), for apps that drive the protocol
 //!   themselves and for tests that build what a device never sends.
+//! - [`Access`] says how a user's client reaches the service: straight,
+//!   with tokens minted from a local identity, or through the user's PDS
+//!   ([`PdsSession`]: a login), which forwards the calls (`atproto-proxy`)
+//!   or issues their tokens (getServiceAuth). [`Device::with_access`]
+//!   builds a device on it; its event stream works either way.
 //! - [`identity`] makes local identities (a key and a DID document on disk)
 //!   and mints service-auth tokens; [`keypackage`] makes throwaway
 //!   KeyPackages; [`story`] is the demo conversation.
 //!
 //! The `catbird-mls-client` binary puts these behind a small CLI.
 
+mod access;
 mod device;
 mod error;
 pub mod identity;
 mod installation;
 pub mod keypackage;
 pub mod mls;
+pub mod pds;
 pub mod realtime;
 pub mod story;
 
+pub use access::{Access, PROXY_HEADER, PdsMode, Service, StreamAccess};
 pub use device::{Change, Device, LocalMember, Received};
 pub use error::DeviceError;
 pub use identity::{
@@ -35,4 +43,5 @@ pub use identity::{
 };
 pub use installation::{Installation, Provider, StagedMessages, staged_messages, to_bytes};
 pub use mls::SUITE;
+pub use pds::{PdsError, PdsSession};
 pub use realtime::{ConvoEvents, Event};

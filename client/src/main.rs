@@ -11,7 +11,7 @@ use catbird_generated::lexicons::blue::catbird::mls::{
 };
 use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::futures_util::StreamExt as _;
-use catbird_mls_client::{identity, keypackage, story};
+use catbird_mls_client::{Service, identity, keypackage, story};
 use catbird_mls_core::auth::Algorithm;
 use catbird_mls_core::device::DeviceId;
 use catbird_mls_core::mls_crypto;
@@ -119,6 +119,37 @@ enum Command {
         #[command(flatten)]
         directory: Directory,
     },
+    /// Run the demo through a PDS: two of its accounts log in, alice calls
+    /// the service with tokens from her PDS's getServiceAuth, bob through
+    /// his PDS (atproto-proxy), his event stream opened with a ticket asked
+    /// through it. The service must resolve their DIDs where the PDS
+    /// registered them (its PLC directory). One line per step.
+    DemoPds(DemoPds),
+}
+
+#[derive(Args)]
+struct DemoPds {
+    /// The PDS's base URL.
+    #[arg(long, env = "CATBIRD_PDS_URL")]
+    pds_url: String,
+    /// The service's base URL (its public URL: alice's calls and bob's
+    /// event stream go there).
+    #[arg(long, env = "CATBIRD_URL", default_value = "http://127.0.0.1:2583")]
+    url: String,
+    #[command(flatten)]
+    audience: Audience,
+    /// alice's account (handle, DID or email).
+    #[arg(long, default_value = "alice.test")]
+    alice: String,
+    /// alice's password.
+    #[arg(long, env = "CATBIRD_ALICE_PASSWORD", hide_env_values = true)]
+    alice_password: String,
+    /// bob's account (handle, DID or email).
+    #[arg(long, default_value = "bob.test")]
+    bob: String,
+    /// bob's password.
+    #[arg(long, env = "CATBIRD_BOB_PASSWORD", hide_env_values = true)]
+    bob_password: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -162,6 +193,7 @@ async fn main() -> std::process::ExitCode {
             audience,
             directory,
         } => follow(&did, &device, &url, &audience, &directory).await,
+        Command::DemoPds(args) => demo_pds(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -214,6 +246,26 @@ async fn demo(url: String, audience: &Audience, directory: Directory) -> CliResu
         service_did: Did::new(&audience.service_did)?,
     };
     story::run(&options, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
+async fn demo_pds(args: DemoPds) -> CliResult {
+    let options = story::PdsOptions {
+        service: Service {
+            did: Did::new(&args.audience.service_did)?,
+            url: args.url,
+        },
+        pds_url: args.pds_url,
+        alice: story::Login {
+            identifier: args.alice,
+            password: args.alice_password,
+        },
+        bob: story::Login {
+            identifier: args.bob,
+            password: args.bob_password,
+        },
+    };
+    story::run_through_pds(&options, &mut std::io::stdout()).await?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 //! new stream ([`Device::subscribe`], to any replica) and follow it; its
 //! `#catchUp` fills what was missed.
 
+use catbird_generated::lexicons::blue::catbird::mls::get_subscription_ticket;
 use catbird_generated::lexicons::blue::catbird::mls::subscribe_convo_events::{
     self, Ephemeral, Info, Membership, Message,
 };
@@ -23,6 +24,7 @@ use catbird_generated::runtime::xrpc::EventStream;
 use openmls::prelude::ProcessedMessageContent;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
+use crate::access::StreamAccess;
 use crate::device::{Device, Received};
 use crate::error::DeviceError;
 use crate::mls::{describe, read_message};
@@ -54,14 +56,32 @@ pub enum Event {
 }
 
 impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
-    /// Opens this device's event stream (its client's token source must
-    /// mint tokens for `subscribeConvoEvents`).
+    /// Opens this device's event stream: with its client's token for
+    /// `subscribeConvoEvents`, or, for a device whose calls go through a
+    /// PDS, at the service with a ticket asked for through the PDS.
     pub async fn subscribe(&self) -> Result<ConvoEvents, DeviceError> {
-        let params = subscribe_convo_events::Params {
-            device_id: self.id().to_string(),
-            ticket: None,
-        };
-        Ok(self.client().subscribe_convo_events(&params).await?)
+        let device_id = self.id().to_string();
+        match self.stream_access() {
+            StreamAccess::Token => {
+                let params = subscribe_convo_events::Params {
+                    device_id,
+                    ticket: None,
+                };
+                Ok(self.client().subscribe_convo_events(&params).await?)
+            }
+            StreamAccess::Ticket { service } => {
+                let input = get_subscription_ticket::Input {
+                    extra: Default::default(),
+                    device_id: device_id.clone(),
+                };
+                let ticket = self.client().get_subscription_ticket(&input).await?;
+                let params = subscribe_convo_events::Params {
+                    device_id,
+                    ticket: Some(ticket.ticket),
+                };
+                Ok(service.subscribe_convo_events(&params).await?)
+            }
+        }
     }
 
     /// Applies one frame of this device's stream, following the resume

@@ -4,11 +4,16 @@
 //! external commit and removes the old phone's leaf, which alice sees on
 //! her stream; they talk again and end in the same epoch as the service.
 //! One line per step.
+//!
+//! [`run`] tells it with new local identities, straight to the service;
+//! [`run_through_pds`] with two accounts of a PDS, alice's calls carrying
+//! tokens from her PDS's getServiceAuth and bob's going through his PDS
+//! (`atproto-proxy`), his stream opened with a ticket asked through it.
 
 use std::io::Write;
 use std::path::PathBuf;
 
-use catbird_generated::lexicons::blue::catbird::mls::{Client, get_epoch};
+use catbird_generated::lexicons::blue::catbird::mls::get_epoch;
 use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::ClientError;
 
@@ -17,7 +22,9 @@ use std::time::Duration;
 use catbird_generated::runtime::xrpc::futures_util::StreamExt as _;
 use catbird_mls_core::auth::Algorithm;
 
+use crate::access::{Access, PdsMode, Service};
 use crate::identity::{self, LocalIdentity, LocalIdentityError};
+use crate::pds::{PdsError, PdsSession};
 use crate::{ConvoEvents, Device, DeviceError, Event, Received};
 
 /// Where the service is and how it knows the users.
@@ -32,6 +39,36 @@ pub struct Options {
     pub service_did: Did,
 }
 
+/// The service, a PDS and two of its accounts, for [`run_through_pds`].
+#[derive(Debug, Clone)]
+pub struct PdsOptions {
+    /// The service (its DID is what the PDS forwards to and mints tokens for).
+    pub service: Service,
+    /// The PDS's base URL.
+    pub pds_url: String,
+    /// alice's account: her calls carry tokens from getServiceAuth.
+    pub alice: Login,
+    /// bob's account: his calls go through the PDS.
+    pub bob: Login,
+}
+
+/// An account's credentials on the PDS.
+#[derive(Clone)]
+pub struct Login {
+    /// Its handle, DID or email.
+    pub identifier: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("identifier", &self.identifier)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why the story stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum StoryError {
@@ -39,6 +76,8 @@ pub enum StoryError {
     Device(#[from] DeviceError),
     #[error("creating a local identity: {0}")]
     Identity(#[from] LocalIdentityError),
+    #[error("logging in to the PDS: {0}")]
+    Pds(#[from] PdsError),
     #[error("getEpoch: {0}")]
     GetEpoch(#[from] ClientError<get_epoch::Error>),
     #[error("writing the story: {0}")]
@@ -51,15 +90,65 @@ pub enum StoryError {
 /// Fresh KeyPackages per device, besides its last-resort one.
 const KEY_PACKAGES: usize = 3;
 
-/// Runs the story, writing one line per step to `out`.
+/// Runs the story with new local identities, writing one line per step to
+/// `out`.
 pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryError> {
     let alice = identity::create_identity(&options.did_directory, "alice", Algorithm::Es256k)?;
     let bob = identity::create_identity(&options.did_directory, "bob", Algorithm::Es256k)?;
-    let names = Names(vec![(alice.did.clone(), "alice"), (bob.did.clone(), "bob")]);
     writeln!(out, "alice is {}, bob is {}", alice.did, bob.did)?;
+    let service = Service {
+        did: options.service_did.clone(),
+        url: options.url.clone(),
+    };
+    let direct = |identity: LocalIdentity| Access::Direct {
+        identity,
+        service: service.clone(),
+    };
+    tell(&direct(alice), &direct(bob), out).await
+}
 
-    let mut alice_phone = Device::new(&alice.did, "phone", client_for(&alice, options))?;
-    let mut bob_phone = Device::new(&bob.did, "phone", client_for(&bob, options))?;
+/// Runs the story with two accounts of a PDS: alice with tokens from
+/// getServiceAuth, bob through the PDS. One line per step.
+pub async fn run_through_pds(options: &PdsOptions, out: &mut impl Write) -> Result<(), StoryError> {
+    let mut users = Vec::new();
+    for (name, login, mode) in [
+        ("alice", &options.alice, PdsMode::ServiceAuth),
+        ("bob", &options.bob, PdsMode::Proxy),
+    ] {
+        let session =
+            PdsSession::login(&options.pds_url, &login.identifier, &login.password).await?;
+        writeln!(
+            out,
+            "{name} logged in to the PDS as {} ({})",
+            session.handle(),
+            session.did()
+        )?;
+        if mode == PdsMode::Proxy {
+            // Every call of bob's carries the session's access token: the
+            // story runs on a refreshed one.
+            session.refresh().await?;
+            writeln!(out, "{name} refreshed the session")?;
+        }
+        let access = Access::Pds {
+            session,
+            mode,
+            service: options.service.clone(),
+        };
+        writeln!(out, "{name} {access}")?;
+        users.push(access);
+    }
+    tell(&users[0], &users[1], out).await
+}
+
+/// The story of the users `alice` and `bob`, reaching the service as their
+/// accesses say.
+pub async fn tell(alice: &Access, bob: &Access, out: &mut impl Write) -> Result<(), StoryError> {
+    let names = Names(vec![
+        (alice.did().clone(), "alice"),
+        (bob.did().clone(), "bob"),
+    ]);
+    let mut alice_phone = Device::with_access(alice, "phone")?;
+    let mut bob_phone = Device::with_access(bob, "phone")?;
     for device in [&mut alice_phone, &mut bob_phone] {
         let published = device.publish_key_packages(KEY_PACKAGES).await?;
         let name = names.device(device);
@@ -78,7 +167,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
     // live, and nothing is polled.
     let mut alice_events = Follower::open(&mut alice_phone).await?;
     let added = alice_phone
-        .add(&convo, std::slice::from_ref(&bob.did))
+        .add(&convo, std::slice::from_ref(bob.did()))
         .await?;
     let epoch = alice_phone.epoch(&convo)?;
     writeln!(
@@ -134,13 +223,13 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<(), StoryErr
     drop((bob_phone, bob_events));
     writeln!(out, "bob#phone is lost, and its MLS state with it")?;
 
-    let mut bob_phone2 = Device::new(&bob.did, "phone2", client_for(&bob, options))?;
+    let mut bob_phone2 = Device::with_access(bob, "phone2")?;
     let epoch = bob_phone2.rejoin(&convo).await?;
     writeln!(
         out,
         "bob#phone2 rejoined by external commit (epoch {epoch})"
     )?;
-    let removed = bob_phone2.remove(&convo, &bob.did, false).await?;
+    let removed = bob_phone2.remove(&convo, bob.did(), false).await?;
     let epoch = bob_phone2.epoch(&convo)?;
     writeln!(
         out,
@@ -299,11 +388,6 @@ impl Follower {
             }
         }
     }
-}
-
-/// A generated client acting as `identity`, with a fresh token per call.
-pub fn client_for(identity: &LocalIdentity, options: &Options) -> Client {
-    identity::service_client(&options.url, identity, &options.service_did)
 }
 
 /// Short names for the story's DIDs: `alice#phone` rather than the DID.

@@ -19,6 +19,14 @@ pub mod mls_crypto;
 
 pub use catbird_generated as generated;
 
+/// The id of the service's entry in its DID document: a PDS forwards a
+/// call carrying `atproto-proxy: <service DID>#atproto_mls` to the endpoint
+/// of this entry.
+pub const SERVICE_ID: &str = "#atproto_mls";
+
+/// The type of the service's entry in its DID document.
+pub const SERVICE_TYPE: &str = "AtprotoMlsService";
+
 /// The service DID of local runs (`catbird-mls serve --profile local`), the
 /// audience the client tools mint tokens for by default.
 pub const LOCAL_SERVICE_DID: &str = "did:web:localhost";

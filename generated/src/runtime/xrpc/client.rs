@@ -5,13 +5,14 @@
 //! error enum, so a caller matches on the same `Error` the server returned.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures_util::{Stream, StreamExt as _};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
@@ -24,8 +25,44 @@ use crate::runtime::xrpc::{
     encode_params, split_frame,
 };
 
+/// The bearer token for one call, as a token source produces it.
+type TokenFuture = Pin<Box<dyn Future<Output = Result<Option<String>, TokenError>> + Send>>;
+
 /// Produces the bearer token for a call to the given NSID, if any.
-type TokenSource = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+type TokenSource = Arc<dyn Fn(&'static str) -> TokenFuture + Send + Sync>;
+
+/// Why a token source gave no token. The call is not sent; its caller gets
+/// this as the call's error ([`ClientError::Method`] for a refusal,
+/// [`ClientError::Transport`] otherwise).
+#[derive(Debug, Clone)]
+pub enum TokenError {
+    /// Whoever issues the tokens (e.g. a PDS) refused, with this error.
+    Refused(XrpcError),
+    /// Whoever issues the tokens could not be reached or answered nonsense.
+    Unavailable(String),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused(error) => write!(f, "{} {error}", error.status()),
+            Self::Unavailable(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+impl<E> From<TokenError> for ClientError<E> {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Refused(error) => Self::Method(MethodError::Xrpc(error)),
+            TokenError::Unavailable(message) => {
+                Self::Transport(format!("no token for the call: {message}"))
+            }
+        }
+    }
+}
 
 /// A client for one XRPC service.
 #[derive(Clone)]
@@ -33,6 +70,7 @@ pub struct XrpcClient {
     http: reqwest::Client,
     base_url: String,
     token_source: Option<TokenSource>,
+    headers: HeaderMap,
 }
 
 impl fmt::Debug for XrpcClient {
@@ -55,6 +93,7 @@ impl XrpcClient {
             http: reqwest::Client::new(),
             base_url,
             token_source: None,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -62,10 +101,29 @@ impl XrpcClient {
     /// `source` returns a token. The source gets the method's NSID because
     /// service-auth tokens are bound to one method (`lxm`).
     pub fn with_token_source(
-        mut self,
+        self,
         source: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
-        self.token_source = Some(Arc::new(source));
+        self.with_async_token_source(move |nsid| std::future::ready(Ok(source(nsid))))
+    }
+
+    /// Like [`with_token_source`](Self::with_token_source), for a source
+    /// that must ask someone for each token (e.g. a PDS's
+    /// `com.atproto.server.getServiceAuth`). A source's error fails the
+    /// call without sending it.
+    pub fn with_async_token_source<F, T>(mut self, source: F) -> Self
+    where
+        F: Fn(&'static str) -> T + Send + Sync + 'static,
+        T: Future<Output = Result<Option<String>, TokenError>> + Send + 'static,
+    {
+        self.token_source = Some(Arc::new(move |nsid| Box::pin(source(nsid))));
+        self
+    }
+
+    /// Sends this header with every call and event-stream upgrade (e.g.
+    /// `atproto-proxy`, which asks a PDS to forward the call).
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.insert(name, value);
         self
     }
 
@@ -125,8 +183,11 @@ impl XrpcClient {
         E: DeclaredError,
     {
         let url = self.url(&self.base_url, route, params)?;
-        let mut request = self.http.request(route.http_method(), url);
-        if let Some(token) = self.token(route.nsid) {
+        let mut request = self
+            .http
+            .request(route.http_method(), url)
+            .headers(self.headers.clone());
+        if let Some(token) = self.token(route.nsid).await? {
             request = request.bearer_auth(token);
         }
         if let Some((content_type, bytes)) = body {
@@ -199,7 +260,10 @@ impl XrpcClient {
         };
         let url = self.url(&base, route, params)?;
         let mut request = url.into_client_request().map_err(transport)?;
-        if let Some(token) = self.token(route.nsid) {
+        for (name, value) in &self.headers {
+            request.headers_mut().insert(name, value.clone());
+        }
+        if let Some(token) = self.token(route.nsid).await? {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|error| ClientError::Encode(format!("invalid token: {error}")))?;
             request.headers_mut().insert(AUTHORIZATION, value);
@@ -248,8 +312,11 @@ impl XrpcClient {
         Ok(url)
     }
 
-    fn token(&self, nsid: &str) -> Option<String> {
-        self.token_source.as_ref().and_then(|source| source(nsid))
+    async fn token(&self, nsid: &'static str) -> Result<Option<String>, TokenError> {
+        match &self.token_source {
+            Some(source) => source(nsid).await,
+            None => Ok(None),
+        }
     }
 }
 

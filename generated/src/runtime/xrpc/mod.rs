@@ -28,7 +28,7 @@ mod tests;
 pub use body::refuse_nul_in_json;
 pub use body::{InputBody, OutputBody};
 #[cfg(feature = "client")]
-pub use client::{ClientError, EventStream, XrpcClient};
+pub use client::{ClientError, EventStream, TokenError, XrpcClient};
 pub use error::{MethodError, XrpcError};
 pub use frames::{
     EventMessage, FrameHeader, OP_ERROR, OP_MESSAGE, decode_frame_body, encode_frame,

@@ -223,7 +223,12 @@ impl XrpcService for Service {
             return Err(XrpcError::authentication_required("no token"));
         };
         if header.to_str().ok() == Some(format!("Bearer good:{nsid}").as_str()) {
-            Ok("did:example:alice".to_owned())
+            // A proxy names the caller it forwards for (tests of extra headers).
+            let caller = request
+                .headers
+                .get("x-caller")
+                .and_then(|v| v.to_str().ok());
+            Ok(caller.unwrap_or("did:example:alice").to_owned())
         } else {
             Err(XrpcError::invalid_token("token is not for this method"))
         }
@@ -776,6 +781,72 @@ async fn client_maps_errors_back() {
         .await
         .unwrap_err();
     assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn async_token_sources_and_extra_headers() {
+    let service = Arc::new(Service::default());
+    let base = serve(app_with(service.clone())).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let client = XrpcClient::new(&base)
+        .with_async_token_source(move |nsid| {
+            let counter = counter.clone();
+            async move {
+                tokio::task::yield_now().await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok(Some(format!("good:{nsid}")))
+            }
+        })
+        .with_header(
+            http::HeaderName::from_static("x-caller"),
+            HeaderValue::from_static("did:example:bob"),
+        );
+    let params = GetParams {
+        uri: "at://thing".to_owned(),
+        depth: None,
+    };
+    let output: ThingOutput = client
+        .query::<_, _, ThingError>(&GET_THING, &params)
+        .await
+        .unwrap();
+    assert_eq!(output.caller, "did:example:bob");
+    let frames = client
+        .subscribe_raw::<_, StreamError>(&SUBSCRIBE, &CursorParams { cursor: Some(1) })
+        .await
+        .unwrap()
+        .count()
+        .await;
+    assert_eq!(frames, 3);
+    assert_eq!(asked.load(Ordering::SeqCst), 2, "one token per call");
+
+    // A source's error fails the call before it is sent.
+    let handled = service.handled.load(Ordering::SeqCst);
+    let refused = XrpcClient::new(&base).with_async_token_source(|_| async {
+        let error = XrpcError::new(StatusCode::UNAUTHORIZED, "ExpiredToken", "session over");
+        Err(TokenError::Refused(error))
+    });
+    let error = refused
+        .query::<_, ThingOutput, ThingError>(&GET_THING, &params)
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
+    assert_eq!(
+        error.to_string(),
+        "401 Unauthorized ExpiredToken: session over"
+    );
+    let unavailable = XrpcClient::new(&base)
+        .with_async_token_source(|_| async { Err(TokenError::Unavailable("no PDS".to_owned())) });
+    let error = unavailable
+        .subscribe_raw::<_, StreamError>(&SUBSCRIBE, &CursorParams { cursor: None })
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&error, ClientError::Transport(message) if message.ends_with("no PDS")),
+        "{error:?}"
+    );
+    assert_eq!(service.handled.load(Ordering::SeqCst), handled);
 }
 
 #[tokio::test]
