@@ -23,7 +23,7 @@ use catbird_generated::runtime::Did;
 use catbird_mls::error::ServiceError;
 use catbird_mls::keypackages;
 use catbird_mls_client::{Installation, SUITE, StagedMessages, staged_messages, to_bytes};
-use catbird_mls_core::groups::engine;
+use catbird_mls_core::groups::engine::{self, LoadedGroup, StoredState};
 use openmls::group::{CommitBuilder, Initial};
 use openmls::prelude::{GroupId, LeafNodeIndex, MlsGroup, MlsMessageOut};
 
@@ -85,7 +85,7 @@ struct MlsTarget {
     input: Input,
     seeds: Vec<Vec<u8>>,
     /// The service's state of GROUP at epoch 1 (Alice and Bob).
-    state: Vec<u8>,
+    state: StoredState,
 }
 
 fn did(name: &str) -> Did {
@@ -134,15 +134,17 @@ impl MlsTarget {
                 builder.propose_adds([bob.key_package(false).expect("a KeyPackage")])
             })
             .expect("adding Bob");
+        let mut group0 =
+            LoadedGroup::load(&state0, GROUP).expect("loading the bootstrapped state");
         let state = engine::apply_commit(
-            &state0,
-            GROUP,
+            &mut group0,
             &add_bob.commit.0,
             &add_bob.group_info.0,
             &did("alice"),
         )
         .expect("the service accepting Bob's add")
-        .state;
+        .state
+        .applied_to(&state0);
         alice
             .merge_pending(&mut alice_group)
             .expect("merging Bob's add");
@@ -216,10 +218,44 @@ impl MlsTarget {
         }
     }
 
+    /// A fresh parse of the epoch-1 state (a refused input may leave a
+    /// parsed group changed; the service then drops it).
+    fn load(&self) -> LoadedGroup {
+        LoadedGroup::load(&self.state, GROUP).expect("the epoch-1 state loads")
+    }
+
+    fn members_of(group: &LoadedGroup) -> Result<Vec<engine::Member>, Violation> {
+        group
+            .members()
+            .map_err(|e| Violation(format!("the merged group's members: {e}")))
+    }
+
+    /// A refusal is typed, and a group that says it is intact (the service
+    /// keeps such a group in its cache) still equals the stored state.
+    fn refused_by(
+        &self,
+        group: &LoadedGroup,
+        error: engine::EngineError,
+    ) -> Result<Outcome, Violation> {
+        if group.is_intact() {
+            let snapshot = |group: &LoadedGroup| {
+                group
+                    .snapshot()
+                    .map_err(|e| Violation(format!("a refused input's group: {e}")))
+            };
+            if snapshot(group)? != snapshot(&self.load())? {
+                return Err(Violation(
+                    "a refused input changed a group that says it is intact".into(),
+                ));
+            }
+        }
+        Self::refused(error)
+    }
+
     /// An accepted commit or proposal left a state that loads, at `epoch`,
     /// with the members the outcome reports.
     fn check_state(
-        state: &[u8],
+        state: &StoredState,
         epoch: u64,
         members: Option<&[engine::Member]>,
     ) -> Result<Outcome, Violation> {
@@ -279,15 +315,18 @@ impl Target for MlsTarget {
                 } else {
                     "dave"
                 });
-                match engine::apply_commit(&self.state, GROUP, commit, group_info, &caller) {
-                    Ok(outcome) if outcome.epoch == 2 => {
-                        Self::check_state(&outcome.state, outcome.epoch, Some(&outcome.members))
-                    }
+                let mut group = self.load();
+                match engine::apply_commit(&mut group, commit, group_info, &caller) {
+                    Ok(outcome) if outcome.epoch == 2 => Self::check_state(
+                        &outcome.state.applied_to(&self.state),
+                        outcome.epoch,
+                        Some(&Self::members_of(&group)?),
+                    ),
                     Ok(outcome) => Err(Violation(format!(
                         "a commit at epoch 1 made epoch {}",
                         outcome.epoch
                     ))),
-                    Err(error) => Self::refused(error),
+                    Err(error) => self.refused_by(&group, error),
                 }
             }
             Input::Welcome => match engine::welcome_recipients(input, &suite()) {
@@ -303,13 +342,18 @@ impl Target for MlsTarget {
                 Err(error) => Self::refused(error),
             },
             Input::Leave => {
-                match engine::apply_self_remove_proposal(&self.state, GROUP, input, &did("bob")) {
-                    Ok(outcome) if outcome.epoch == 1 => Self::check_state(&outcome.state, 1, None),
+                let mut group = self.load();
+                match engine::apply_self_remove_proposal(&mut group, input, &did("bob")) {
+                    Ok(outcome) if outcome.epoch == 1 => Self::check_state(
+                        &outcome.state.applied_to(&self.state),
+                        1,
+                        Some(&Self::members_of(&group)?),
+                    ),
                     Ok(outcome) => Err(Violation(format!(
                         "a proposal moved the group to epoch {}",
                         outcome.epoch
                     ))),
-                    Err(error) => Self::refused(error),
+                    Err(error) => self.refused_by(&group, error),
                 }
             }
         }
