@@ -134,8 +134,7 @@ impl MlsTarget {
                 builder.propose_adds([bob.key_package(false).expect("a KeyPackage")])
             })
             .expect("adding Bob");
-        let mut group0 =
-            LoadedGroup::load(&state0, GROUP).expect("loading the bootstrapped state");
+        let mut group0 = LoadedGroup::load(&state0, GROUP).expect("loading the bootstrapped state");
         let state = engine::apply_commit(
             &mut group0,
             &add_bob.commit.0,
