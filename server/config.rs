@@ -204,6 +204,12 @@ pub struct ServeConfig {
     /// PLC directory base URL (with `--did-resolution network`).
     #[arg(long, env = "CATBIRD_PLC_URL", default_value = "https://plc.directory")]
     pub plc_url: String,
+    /// How long a resolved DID document is kept, in seconds [default: 3600
+    /// with network resolution; 0, the file read on every request, with a
+    /// directory]. A signature that fails against a kept document fetches
+    /// it again once, so a rotated key is picked up at once either way.
+    #[arg(long, env = "CATBIRD_DID_CACHE_SECONDS")]
+    pub did_cache_seconds: Option<u64>,
     /// Largest accepted request body, in bytes. An addMembers call carries a
     /// commit, a Welcome and a GroupInfo of up to 4 MiB each, as JSON.
     #[arg(long, env = "CATBIRD_MAX_BODY_BYTES", default_value_t = 24 * 1024 * 1024)]

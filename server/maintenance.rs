@@ -14,7 +14,7 @@ pub async fn run_once(state: &AppState) -> Result<Cleaned, sqlx::Error> {
     let db = &state.db;
     state.limits.forget_idle();
     Ok(Cleaned {
-        token_ids: PgReplayStore::new(db.clone()).delete_expired().await?,
+        token_ids: PgReplayStore::delete_expired(db).await?,
         key_packages: keypackages::delete_expired_unused(db).await?,
         idempotency_keys: idempotency::delete_expired(db).await?,
         audit_events: audit::delete_older_than(db, state.audit_retention).await?,

@@ -44,20 +44,25 @@ impl AppState {
     /// resolves DIDs as configured and remembers token ids in PostgreSQL.
     pub fn from_checked(checked: &CheckedConfig, db: PgPool) -> Result<Self, ConfigError> {
         let config = &checked.config;
-        let resolver =
-            match &checked.did_source {
-                DidSource::Directory(directory) => {
-                    Resolver::Directory(DirectoryResolver::new(directory))
-                }
-                DidSource::Network { plc_url } => {
-                    let resolver = NetworkResolver::new(plc_url.as_str(), DEFAULT_CACHE_TTL)
-                        .map_err(|e| ConfigError::Invalid {
-                            setting: config::PLC_URL,
-                            problem: e.to_string(),
-                        })?;
-                    Resolver::Network(resolver)
-                }
-            };
+        let cache_ttl = |default| {
+            config
+                .did_cache_seconds
+                .map_or(default, Duration::from_secs)
+        };
+        let resolver = match &checked.did_source {
+            DidSource::Directory(directory) => Resolver::Directory(DirectoryResolver::cached(
+                directory,
+                cache_ttl(Duration::ZERO),
+            )),
+            DidSource::Network { plc_url } => {
+                let resolver = NetworkResolver::new(plc_url.as_str(), cache_ttl(DEFAULT_CACHE_TTL))
+                    .map_err(|e| ConfigError::Invalid {
+                        setting: config::PLC_URL,
+                        problem: e.to_string(),
+                    })?;
+                Resolver::Network(resolver)
+            }
+        };
         let verifier = Verifier::new(
             checked.service_did.clone(),
             resolver,

@@ -32,18 +32,28 @@ pub trait DidResolver: Send + Sync {
 }
 
 /// Reads DID documents from a directory, one file per DID (see
-/// [`file_name`]). For local runs and tests: no network, no cache (files
-/// are re-read, so edits take effect at once).
-#[derive(Debug, Clone)]
+/// [`file_name`]). For local runs and tests: no network, and by default no
+/// cache (files are re-read, so edits take effect at once). With a cache
+/// ([`DirectoryResolver::cached`]) a token costs what it costs in
+/// production, where almost every document comes from the cache: the
+/// benchmark harness runs the service so.
+#[derive(Debug)]
 pub struct DirectoryResolver {
     directory: PathBuf,
+    cache: DocumentCache,
 }
 
 impl DirectoryResolver {
-    /// Resolves from `directory`.
+    /// Resolves from `directory`, reading the file on every call.
     pub fn new(directory: impl Into<PathBuf>) -> Self {
+        Self::cached(directory, Duration::ZERO)
+    }
+
+    /// Resolves from `directory`, keeping each document for `ttl`.
+    pub fn cached(directory: impl Into<PathBuf>, ttl: Duration) -> Self {
         Self {
             directory: directory.into(),
+            cache: DocumentCache::new(ttl),
         }
     }
 
@@ -51,15 +61,29 @@ impl DirectoryResolver {
     pub fn directory(&self) -> &Path {
         &self.directory
     }
-}
 
-impl DidResolver for DirectoryResolver {
-    async fn resolve(&self, did: &Did) -> Result<DidDocument, AuthError> {
+    async fn read(&self, did: &Did) -> Result<DidDocument, AuthError> {
         let path = self.directory.join(file_name(did));
         let bytes = tokio::fs::read(&path)
             .await
             .map_err(|error| AuthError::UnresolvableDid(format!("{}: {error}", path.display())))?;
-        DidDocument::parse_for(did, &bytes)
+        let document = DidDocument::parse_for(did, &bytes)?;
+        self.cache.insert(did, &document);
+        Ok(document)
+    }
+}
+
+impl DidResolver for DirectoryResolver {
+    async fn resolve(&self, did: &Did) -> Result<DidDocument, AuthError> {
+        match self.cache.get(did, self.cache.ttl) {
+            Some(document) => Ok(document),
+            None => self.read(did).await,
+        }
+    }
+
+    /// Always the file: reading it costs no one else anything.
+    async fn refresh(&self, did: &Did) -> Result<DidDocument, AuthError> {
+        self.read(did).await
     }
 }
 
@@ -82,8 +106,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NetworkResolver {
     http: reqwest::Client,
     plc_directory: String,
-    ttl: Duration,
-    cache: Mutex<HashMap<Did, (Instant, DidDocument)>>,
+    cache: DocumentCache,
 }
 
 impl NetworkResolver {
@@ -100,8 +123,7 @@ impl NetworkResolver {
         Ok(Self {
             http,
             plc_directory: plc_directory.into().trim_end_matches('/').to_owned(),
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            cache: DocumentCache::new(ttl),
         })
     }
 
@@ -123,17 +145,6 @@ impl NetworkResolver {
                 "{did_str}: unsupported DID method"
             )))
         }
-    }
-
-    fn cached(&self, did: &Did, max_age: Duration) -> Option<DidDocument> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        cache
-            .get(did)
-            .filter(|(fetched, _)| fetched.elapsed() < max_age)
-            .map(|(_, document)| document.clone())
     }
 
     async fn fetch(&self, did: &Did) -> Result<DidDocument, AuthError> {
@@ -160,40 +171,77 @@ impl NetworkResolver {
         let document = DidDocument::parse_for(did, &body)?;
         tracing::debug!(%did, "resolved DID document");
 
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.len() >= MAX_CACHE_ENTRIES {
-            let ttl = self.ttl;
-            cache.retain(|_, (fetched, _)| fetched.elapsed() < ttl);
-            if cache.len() >= MAX_CACHE_ENTRIES
-                && let Some(oldest) = cache
-                    .iter()
-                    .min_by_key(|(_, (fetched, _))| *fetched)
-                    .map(|(did, _)| did.clone())
-            {
-                cache.remove(&oldest);
-            }
-        }
-        cache.insert(did.clone(), (Instant::now(), document.clone()));
+        self.cache.insert(did, &document);
         Ok(document)
     }
 }
 
 impl DidResolver for NetworkResolver {
     async fn resolve(&self, did: &Did) -> Result<DidDocument, AuthError> {
-        match self.cached(did, self.ttl) {
+        match self.cache.get(did, self.cache.ttl) {
             Some(document) => Ok(document),
             None => self.fetch(did).await,
         }
     }
 
     async fn refresh(&self, did: &Did) -> Result<DidDocument, AuthError> {
-        match self.cached(did, MIN_REFRESH_AGE.min(self.ttl)) {
+        match self.cache.get(did, MIN_REFRESH_AGE.min(self.cache.ttl)) {
             Some(document) => Ok(document),
             None => self.fetch(did).await,
         }
+    }
+}
+
+/// Resolved documents kept in memory for a time, at most
+/// [`MAX_CACHE_ENTRIES`] of them.
+#[derive(Debug)]
+struct DocumentCache {
+    ttl: Duration,
+    entries: Mutex<HashMap<Did, (Instant, DidDocument)>>,
+}
+
+impl DocumentCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Did, (Instant, DidDocument)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The document of `did` if it was resolved less than `max_age` ago.
+    fn get(&self, did: &Did, max_age: Duration) -> Option<DidDocument> {
+        self.entries()
+            .get(did)
+            .filter(|(resolved, _)| resolved.elapsed() < max_age)
+            .map(|(_, document)| document.clone())
+    }
+
+    /// Keeps `document` (nothing, without a TTL); when full, expired
+    /// entries go first, then the oldest.
+    fn insert(&self, did: &Did, document: &DidDocument) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries();
+        if entries.len() >= MAX_CACHE_ENTRIES {
+            let ttl = self.ttl;
+            entries.retain(|_, (resolved, _)| resolved.elapsed() < ttl);
+            if entries.len() >= MAX_CACHE_ENTRIES
+                && let Some(oldest) = entries
+                    .iter()
+                    .min_by_key(|(_, (resolved, _))| *resolved)
+                    .map(|(did, _)| did.clone())
+            {
+                entries.remove(&oldest);
+            }
+        }
+        entries.insert(did.clone(), (Instant::now(), document.clone()));
     }
 }
 
@@ -226,6 +274,23 @@ impl DidResolver for Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_directory_with_a_cache_keeps_documents_and_refresh_rereads_them() {
+        use catbird_mls_client::identity::create_identity;
+        use catbird_mls_core::auth::keys::Algorithm;
+        let dir = tempfile::tempdir().unwrap();
+        let alice = create_identity(dir.path(), "alice", Algorithm::Es256k).unwrap();
+        let uncached = DirectoryResolver::new(dir.path());
+        let cached = DirectoryResolver::cached(dir.path(), Duration::from_secs(60));
+        let document = uncached.resolve(&alice.did).await.unwrap();
+        assert_eq!(cached.resolve(&alice.did).await.unwrap(), document);
+
+        std::fs::remove_file(dir.path().join(file_name(&alice.did))).unwrap();
+        assert_eq!(cached.resolve(&alice.did).await.unwrap(), document);
+        assert!(uncached.resolve(&alice.did).await.is_err());
+        assert!(cached.refresh(&alice.did).await.is_err());
+    }
 
     #[test]
     fn network_urls() {

@@ -234,6 +234,67 @@ async fn a_replayed_token_is_rejected(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = "./migrations")]
+async fn a_token_sent_many_times_at_once_is_accepted_once(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let alice = app.user("alice");
+    let replayed = bearer(&app.token(&alice, PUBLISH));
+    let fresh: Vec<String> = (0..10)
+        .map(|_| bearer(&app.token(&alice, PUBLISH)))
+        .collect();
+
+    // Sent together, the copies and the fresh tokens reach the token id
+    // recorder while it is busy and are recorded in shared batches.
+    let requests = std::iter::repeat_n(&replayed, 10)
+        .chain(&fresh)
+        .map(|authorization| publish(&app, &alice.did, Some(authorization)));
+    let statuses: Vec<StatusCode> = futures_util::future::join_all(requests)
+        .await
+        .iter()
+        .map(Response::status)
+        .collect();
+
+    let (copies, fresh) = statuses.split_at(10);
+    let accepted_copies = copies.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(accepted_copies, 1, "{copies:?}");
+    assert!(
+        copies
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::UNAUTHORIZED)
+    );
+    assert!(fresh.iter().all(|s| *s == StatusCode::OK), "{fresh:?}");
+    assert_eq!(stored_key_packages(&app.pool).await, 11);
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn two_replicas_share_token_ids_and_expired_ids_can_be_reused(pool: PgPool) {
+    use catbird_mls::auth::{PgReplayStore, ReplayStore as _};
+    let (first, second) = (
+        PgReplayStore::new(pool.clone()),
+        PgReplayStore::new(pool.clone()),
+    );
+    let alice = Did::new("did:plc:alice").unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::minutes(1);
+
+    // Every id offered to both replicas at once wins exactly once.
+    let uses = (0..20).flat_map(|i| {
+        let (id, alice) = (format!("id-{i}"), &alice);
+        [&first, &second].map(|store| {
+            let id = id.clone();
+            async move { store.first_use(&id, alice, later).await.unwrap() }
+        })
+    });
+    let first_uses = futures_util::future::join_all(uses).await;
+    assert_eq!(first_uses.iter().filter(|first| **first).count(), 20);
+    assert!(!first.first_use("id-0", &alice, later).await.unwrap());
+
+    // An id whose token has expired (and is not cleaned up yet) is new again.
+    let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert!(first.first_use("old", &alice, past).await.unwrap());
+    assert!(second.first_use("old", &alice, later).await.unwrap());
+    assert!(!first.first_use("old", &alice, later).await.unwrap());
+}
+
+#[sqlx::test(migrations = "./migrations")]
 async fn an_access_token_is_rejected(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let alice = app.user("alice");
