@@ -185,12 +185,12 @@ pub fn unstorable_text(error: &sqlx::Error) -> bool {
 /// How long a client is told to wait before retrying a 503.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
+/// What a client is told when the database cannot be reached now.
+pub const DATABASE_UNAVAILABLE: &str = "the service's database is unavailable; retry shortly";
+
 /// 503 `ServiceUnavailable`: the database cannot be reached now.
 pub fn database_unavailable() -> XrpcError {
-    XrpcError::service_unavailable(
-        "the service's database is unavailable; retry shortly",
-        RETRY_AFTER,
-    )
+    XrpcError::service_unavailable(DATABASE_UNAVAILABLE, RETRY_AFTER)
 }
 
 impl From<UnsupportedSuite> for ServiceError {

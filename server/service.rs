@@ -666,7 +666,16 @@ impl mls::Handler for Service {
                 request_hash: &request_hash,
                 ttl_seconds: self.state.idempotency.ttl().as_secs_f64(),
             });
-        let sent = log::send(&self.state.db, &caller.did, &group_id, &input, key.as_ref()).await?;
+        let state = &self.state;
+        let sent = log::send(
+            &state.db,
+            &state.appender,
+            &caller.did,
+            &group_id,
+            &input,
+            key.as_ref(),
+        )
+        .await?;
         Ok(send_message::Output {
             extra: Default::default(),
             message_id: input.msg_id,

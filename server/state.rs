@@ -10,6 +10,7 @@ use crate::auth::resolver::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
 use crate::config::{self, CheckedConfig, ConfigError, DidSource, ServeConfig};
 use crate::convos::ConvoSettings;
+use crate::convos::appender::Appender;
 use crate::convos::group_cache::GroupCache;
 use crate::idempotency::Idempotency;
 use crate::keypackages::KeyPackageLimits;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub convos: ConvoSettings,
     /// Parsed MLS groups kept between commits.
     pub groups: GroupCache,
+    /// sendMessage's group append.
+    pub appender: Appender,
     pub limits: RateLimits,
     pub idempotency: Idempotency,
     pub audit_retention: Duration,
@@ -75,6 +78,7 @@ impl AppState {
             key_packages: checked.key_packages,
             convos: config.convo_settings(),
             groups: GroupCache::default(),
+            appender: Appender::new(db.clone()),
             limits: RateLimits::new(&checked.rate_limits),
             idempotency: Idempotency::new(db, config.idempotency_settings()),
             audit_retention: config.audit_retention(),

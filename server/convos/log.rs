@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use catbird_generated::runtime::xrpc::MethodError;
 use sqlx::PgConnection;
 
-use super::store::log::EntryKind;
+use super::appender::Appender;
+use super::store::log::{BatchEntry, BatchKey, EntryKind};
 use super::{ConvoSettings, not_found, require_convo, require_member, sha256, store};
 use crate::db;
 use crate::error::ServiceError;
@@ -36,16 +37,44 @@ const SEND_ATTEMPTS: usize = 3;
 /// in one statement ([`store::log::append_application`]). The rarer answers
 /// (a repeat, a refusal, a recorded idempotency key) are worked out after
 /// it, from what the statement reported.
+///
+/// Concurrent senders to one conversation share the statement first
+/// ([`Appender`]); what the shared statement does not take runs here alone.
 pub async fn send(
     db: &PgPool,
+    appender: &Appender,
     caller: &Did,
     group_id: &[u8],
     input: &send_message::Input,
     key: Option<&KeyRow<'_>>,
 ) -> Result<Sent, SendError> {
+    let hash = check_message(group_id, input)?;
+    let entry = BatchEntry {
+        caller: caller.as_str().to_owned(),
+        id: input.msg_id.clone(),
+        epoch: input.epoch,
+        payload: input.ciphertext.0.clone(),
+        payload_hash: hash.clone(),
+        key: key.map(|key| BatchKey {
+            method: key.method.to_owned(),
+            key: key.key.to_owned(),
+            request_hash: key.request_hash.to_vec(),
+            ttl_seconds: key.ttl_seconds,
+        }),
+    };
+    if let Some(taken) = appender.append(group_id, entry).await? {
+        if key.is_some() {
+            idempotency::executed_with_key();
+        }
+        return Ok(Sent {
+            seq: taken.seq,
+            epoch: input.epoch,
+            received_at: taken.created_at,
+        });
+    }
     let mut conn = db.acquire().await.map_err(ServiceError::from)?;
     for _ in 0..SEND_ATTEMPTS {
-        let error = match append(&mut conn, caller, group_id, input, key).await {
+        let error = match append(&mut conn, caller, group_id, input, &hash, key).await {
             Ok(sent) => {
                 if key.is_some() {
                     idempotency::executed_with_key();
@@ -124,16 +153,11 @@ const KEY_TAKEN: &str = "idempotency_keys_pkey";
 const MSG_ID_TAKEN: &str = "convo_messages_convo_id_id_key";
 const PAYLOAD_TAKEN: &str = "convo_messages_payload";
 
-/// One run of the append statement; every refusal it can tell by itself.
-/// A unique violation comes back as the database error, for [`resolve`].
-async fn append(
-    conn: &mut PgConnection,
-    caller: &Did,
-    group_id: &[u8],
-    input: &send_message::Input,
-    key: Option<&KeyRow<'_>>,
-) -> Result<Sent, ServiceError> {
-    let (msg_id, ciphertext, epoch) = (input.msg_id.as_str(), &input.ciphertext.0[..], input.epoch);
+/// What sendMessage can refuse without the database: a ciphertext longer
+/// than its `paddedSize`, a clear header of another conversation or epoch.
+/// Returns the ciphertext's hash.
+fn check_message(group_id: &[u8], input: &send_message::Input) -> Result<Vec<u8>, ServiceError> {
+    let ciphertext = &input.ciphertext.0[..];
     if let Some(padded) = input.padded_size
         && i64::try_from(ciphertext.len()).unwrap_or(i64::MAX) > padded
     {
@@ -142,15 +166,28 @@ async fn append(
             ciphertext.len()
         )));
     }
-    check_header(group_id, epoch, ciphertext)?;
-    let hash = sha256(ciphertext);
+    check_header(group_id, input.epoch, ciphertext)?;
+    Ok(sha256(ciphertext))
+}
+
+/// One run of the append statement; every refusal it can tell by itself.
+/// A unique violation comes back as the database error, for [`resolve`].
+async fn append(
+    conn: &mut PgConnection,
+    caller: &Did,
+    group_id: &[u8],
+    input: &send_message::Input,
+    hash: &[u8],
+    key: Option<&KeyRow<'_>>,
+) -> Result<Sent, ServiceError> {
+    let (msg_id, ciphertext, epoch) = (input.msg_id.as_str(), &input.ciphertext.0[..], input.epoch);
     let entry = store::log::NewEntry {
         seq: 0, // the statement takes the next one
         id: msg_id,
         epoch,
         kind: EntryKind::Application,
         payload: ciphertext,
-        payload_hash: &hash,
+        payload_hash: hash,
         sender: None,
         proposed_removal: None,
     };
@@ -173,7 +210,7 @@ async fn append(
         ))),
         // A resent msgId is answered by its entry, whatever the epoch now.
         _ => match store::log::find_by_id(conn, group_id, msg_id).await? {
-            Some(previous) => same_message(previous, &hash, msg_id),
+            Some(previous) => same_message(previous, hash, msg_id),
             None => Err(ServiceError::EpochMismatch(format!(
                 "the conversation is no longer at epoch {epoch}: process the log and encrypt again"
             ))),

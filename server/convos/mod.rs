@@ -13,6 +13,7 @@
 //! | [`listing`] | getConvos, getExpectedConversations, getGroupInfo |
 //! | [`store`] | the SQL |
 
+pub mod appender;
 pub mod commits;
 pub mod create;
 pub mod group_cache;

@@ -12,6 +12,7 @@ mod bad_input;
 mod concurrency;
 mod engine;
 mod faults;
+mod group_append;
 mod idempotency;
 mod key_package_use;
 mod keypackages;

@@ -135,6 +135,113 @@ pub async fn append_application(
     .await
 }
 
+/// One message of a group append ([`append_application_batch`]).
+pub struct BatchEntry {
+    pub caller: String,
+    pub id: String,
+    pub epoch: i64,
+    pub payload: Vec<u8>,
+    pub payload_hash: Vec<u8>,
+    /// The idempotency key, if the request has one.
+    pub key: Option<BatchKey>,
+}
+
+/// An idempotency key to record with its message (see [`KeyRow`]).
+pub struct BatchKey {
+    pub method: String,
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    pub ttl_seconds: f64,
+}
+
+/// A message a group append took: its position in the batch, its seq.
+pub struct BatchAppended {
+    pub position: i64,
+    pub seq: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Several sendMessage appends to one conversation in one statement: the
+/// conversation row locked and advanced once, the entries inserted with
+/// consecutive seqs in batch order, their idempotency keys recorded, one
+/// commit. Only messages from current members at the batch's epoch (the
+/// first message's) are taken, all of them or, if the conversation moved
+/// on, none; the others are left for [`append_application`], which tells
+/// why. A unique violation (a msgId, a payload or a key taken, also within
+/// the batch) fails the whole statement, and nothing is written.
+pub async fn append_application_batch(
+    db: &mut PgConnection,
+    group_id: &[u8],
+    batch: &[BatchEntry],
+) -> Result<Vec<BatchAppended>, sqlx::Error> {
+    let callers: Vec<&str> = batch.iter().map(|e| e.caller.as_str()).collect();
+    let ids: Vec<&str> = batch.iter().map(|e| e.id.as_str()).collect();
+    let epochs: Vec<i64> = batch.iter().map(|e| e.epoch).collect();
+    let payloads: Vec<&[u8]> = batch.iter().map(|e| &e.payload[..]).collect();
+    let hashes: Vec<&[u8]> = batch.iter().map(|e| &e.payload_hash[..]).collect();
+    let keys: Vec<Option<&BatchKey>> = batch.iter().map(|e| e.key.as_ref()).collect();
+    let methods: Vec<Option<&str>> = keys.iter().map(|k| k.map(|k| k.method.as_str())).collect();
+    let key_names: Vec<Option<&str>> = keys.iter().map(|k| k.map(|k| k.key.as_str())).collect();
+    let request_hashes: Vec<Option<&[u8]>> = keys
+        .iter()
+        .map(|k| k.map(|k| &k.request_hash[..]))
+        .collect();
+    let ttls: Vec<f64> = keys
+        .iter()
+        .map(|k| k.map_or(0.0, |k| k.ttl_seconds))
+        .collect();
+    sqlx::query_as!(
+        BatchAppended,
+        r#"WITH input AS (
+               SELECT * FROM unnest($2::text[], $3::text[], $4::int8[], $5::bytea[], $6::bytea[],
+                                    $7::text[], $8::text[], $9::bytea[], $10::float8[])
+                   WITH ORDINALITY AS input(caller, id, epoch, payload, payload_hash,
+                                            method, key, request_hash, ttl, position)
+           ), admitted AS (
+               SELECT input.*, row_number() OVER (ORDER BY position) AS n
+               FROM input
+               WHERE epoch = $4[1] AND EXISTS (
+                   SELECT FROM convo_users
+                   WHERE convo_id = $1 AND did = input.caller
+                     AND left_at IS NULL AND banned_at IS NULL)
+           ), next AS (
+               UPDATE convos SET last_seq = last_seq + (SELECT count(*) FROM admitted),
+                                 last_message_at = now()
+               WHERE group_id = $1 AND epoch = $4[1] AND EXISTS (SELECT FROM admitted)
+               RETURNING last_seq - (SELECT count(*) FROM admitted) AS base
+           ), appended AS (
+               INSERT INTO convo_messages (convo_id, seq, id, epoch, kind, payload, payload_hash)
+               SELECT $1, next.base + admitted.n, admitted.id, admitted.epoch, 'application',
+                      admitted.payload, admitted.payload_hash
+               FROM admitted, next
+               RETURNING seq, created_at
+           ), keyed AS (
+               INSERT INTO idempotency_keys (caller, method, key, request_hash, state, claim,
+                                             lease_until, status, content_type, convo_id, seq,
+                                             expires_at)
+               SELECT admitted.caller, admitted.method, admitted.key, admitted.request_hash,
+                      'done', '\x', now(), 200, 'application/json', $1, next.base + admitted.n,
+                      now() + make_interval(secs => admitted.ttl)
+               FROM admitted, next WHERE admitted.key IS NOT NULL
+           )
+           SELECT admitted.position AS "position!", appended.seq AS "seq!",
+                  appended.created_at AS "created_at!"
+           FROM admitted, next, appended WHERE appended.seq = next.base + admitted.n"#,
+        group_id,
+        &callers as &[&str],
+        &ids as &[&str],
+        &epochs,
+        &payloads as &[&[u8]],
+        &hashes as &[&[u8]],
+        &methods as &[Option<&str>],
+        &key_names as &[Option<&str>],
+        &request_hashes as &[Option<&[u8]>],
+        &ttls,
+    )
+    .fetch_all(db)
+    .await
+}
+
 /// An entry already in the log, for answering a resubmission.
 pub struct Previous {
     pub seq: i64,
