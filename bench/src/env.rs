@@ -305,6 +305,10 @@ impl Service {
             .args(["--rate-limit-key-package-fetch", "0"])
             .args(["--rate-limit-ephemeral", "0"])
             .args(["--max-streams-per-user", "1000000"])
+            // Every simulated client connects from 127.0.0.1, as behind a
+            // reverse proxy: no per-address cap (the fan-out scenario holds
+            // 3,000 streams).
+            .args(["--max-connections-per-address", "0"])
             .args(["--key-package-max-per-device", "1000000"])
             .stdin(Stdio::null())
             .stdout(output)
