@@ -137,9 +137,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// bounded pool, a short acquire timeout (`acquire_timeout`, about a
 /// second) so that an unreachable database or overload shows as a quick
 /// 503 rather than a pile-up, connections checked before use only when
-/// they have been idle ([`PING_IF_IDLE_FOR`]), and recycled idle
-/// connections. The pool
-/// reconnects by itself once the database is back.
+/// they have been idle for a second, and recycled idle connections. The
+/// pool reconnects by itself once the database is back.
 ///
 /// One connection is made first, on its own: the pool would keep retrying
 /// a refused connection until its acquire timeout and then report only that

@@ -28,6 +28,9 @@ use crate::error::{self, ServiceError};
 
 /// The most messages one statement appends.
 const MAX_BATCH: usize = 256;
+/// The most ciphertext bytes one statement carries (a batch holds at least
+/// one message, however large).
+const MAX_BATCH_BYTES: usize = 4 << 20;
 
 /// A message the group append took.
 #[derive(Debug, Clone, Copy)]
@@ -113,8 +116,7 @@ async fn run(db: PgPool, queues: Queues, group_id: Vec<u8>) {
                 queues.remove(&group_id);
                 return;
             }
-            let n = queue.len().min(MAX_BATCH);
-            queue.drain(..n).unzip()
+            queue.drain(..batch_len(queue)).unzip()
         };
         metrics::histogram!("send_message_batch_messages").record(entries.len() as f64);
         let mut answers = append_batch(&db, &group_id, &entries).await;
@@ -123,6 +125,16 @@ async fn run(db: PgPool, queues: Queues, group_id: Vec<u8>) {
             let _ = sender.send(answers(position));
         }
     }
+}
+
+/// How many of the queue's first messages the next statement takes.
+fn batch_len(queue: &[Waiting]) -> usize {
+    let mut bytes = 0;
+    let within_budget = queue.iter().take(MAX_BATCH).take_while(|(entry, _)| {
+        bytes += entry.payload.len();
+        bytes <= MAX_BATCH_BYTES
+    });
+    within_budget.count().max(1)
 }
 
 /// One statement for `entries`; what it answers each, by position.
@@ -182,5 +194,32 @@ impl Drop for AbandonOnPanic<'_> {
         if std::thread::panicking() {
             lock(self.queues).remove(self.group_id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(bytes: usize) -> Waiting {
+        let entry = BatchEntry {
+            caller: "did:plc:alice".into(),
+            id: "m".into(),
+            epoch: 0,
+            payload: vec![0; bytes],
+            payload_hash: vec![],
+            key: None,
+        };
+        (entry, oneshot::channel().0)
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_messages_and_bytes() {
+        let small: Vec<_> = (0..300).map(|_| waiting(100)).collect();
+        assert_eq!(batch_len(&small), MAX_BATCH);
+        let megabytes: Vec<_> = (0..5).map(|_| waiting(1 << 20)).collect();
+        assert_eq!(batch_len(&megabytes), 4);
+        let huge: Vec<_> = (0..3).map(|_| waiting(MAX_BATCH_BYTES + 1)).collect();
+        assert_eq!(batch_len(&huge), 1, "one message, however large");
     }
 }
