@@ -24,6 +24,7 @@ pub mod convos;
 pub mod db;
 pub mod did_web;
 pub mod error;
+pub mod group_commit;
 pub mod idempotency;
 pub mod keypackages;
 pub mod maintenance;

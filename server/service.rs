@@ -22,7 +22,7 @@ use catbird_generated::runtime::xrpc::http::request::Parts;
 use catbird_generated::runtime::xrpc::{Intercept, Route, XrpcError, XrpcService};
 use catbird_generated::runtime::{Datetime, Did};
 
-use crate::audit::{self, AuditEvent, AuditKind};
+use crate::audit::{AuditEvent, AuditKind};
 use crate::auth::{self, AuthError, Caller};
 use crate::convos::commits::{self, CommitMethod};
 use crate::convos::{self, create, listing, log, welcomes};
@@ -70,13 +70,18 @@ impl XrpcService for Service {
             Ok(caller) => caller,
             Err(error) => {
                 // No token at all is not an attempt worth a row; our own
-                // failures are logged where they become a 500.
-                if !matches!(error, AuthError::Missing | AuthError::Internal(_)) {
+                // failures are logged where they become a 500, and a token
+                // that could not be checked because the database is down
+                // is no failed attempt either (nor could its row be written).
+                if !matches!(
+                    error,
+                    AuthError::Missing | AuthError::Internal(_) | AuthError::Unavailable(_)
+                ) {
                     let claimed = auth::claimed_issuer(header);
                     let event = AuditEvent::new(AuditKind::AuthFailed, claimed.as_deref(), nsid)
                         .from_ip(client_ip)
                         .because(error.to_string());
-                    audit::record(&self.state.db, event).await;
+                    self.state.audit.record(event).await;
                 }
                 if let Some(ip) = client_ip {
                     self.state.limits.charge_failure(class, ip)?;
@@ -143,7 +148,10 @@ impl Service {
             Ok(accepted) if accepted.resubmitted => {}
             Ok(_) => {
                 if external {
-                    audit::record(&self.state.db, event(AuditKind::ExternalCommitAccepted)).await;
+                    self.state
+                        .audit
+                        .record(event(AuditKind::ExternalCommitAccepted))
+                        .await;
                 }
                 if let Some((did, ban)) = &removal {
                     let kind = if *ban {
@@ -151,7 +159,7 @@ impl Service {
                     } else {
                         AuditKind::MemberRemoved
                     };
-                    audit::record(&self.state.db, event(kind).subject(did)).await;
+                    self.state.audit.record(event(kind).subject(did)).await;
                 }
             }
             Err(error) => {
@@ -164,7 +172,7 @@ impl Service {
                         AuditKind::CommitRejected
                     };
                     let event = event(kind).because(format!("{reason}: {error}"));
-                    audit::record(&self.state.db, event).await;
+                    self.state.audit.record(event).await;
                 }
             }
         }
@@ -423,7 +431,7 @@ impl mls::Handler for Service {
         )
         .from_ip(caller.client_ip)
         .in_convo(&params.convo_id);
-        audit::record(&self.state.db, event).await;
+        self.state.audit.record(event).await;
         Ok(get_group_info::Output {
             extra: Default::default(),
             group_info: group_info.into(),

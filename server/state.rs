@@ -6,6 +6,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::audit::AuditLog;
 use crate::auth::resolver::DEFAULT_CACHE_TTL;
 use crate::auth::{DirectoryResolver, NetworkResolver, PgReplayStore, Resolver, Verifier};
 use crate::config::{self, CheckedConfig, ConfigError, DidSource, ServeConfig};
@@ -31,6 +32,7 @@ pub struct AppState {
     pub appender: Appender,
     pub limits: RateLimits,
     pub idempotency: Idempotency,
+    pub audit: AuditLog,
     pub audit_retention: Duration,
     pub realtime: Realtime,
     /// The DID document this service publishes, when its DID is a did:web.
@@ -80,7 +82,8 @@ impl AppState {
             groups: GroupCache::default(),
             appender: Appender::new(db.clone()),
             limits: RateLimits::new(&checked.rate_limits),
-            idempotency: Idempotency::new(db, config.idempotency_settings()),
+            idempotency: Idempotency::new(db.clone(), config.idempotency_settings()),
+            audit: AuditLog::new(db),
             audit_retention: config.audit_retention(),
             realtime: Realtime::new(config.realtime_settings(), config.ephemeral_limits()),
             did_document: crate::did_web::document(&checked.service_did, &checked.public_url),

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 use catbird_generated::runtime::Did;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+
+use crate::group_commit::{Batch, GroupCommit};
 
 use super::AuthError;
 
@@ -78,36 +79,21 @@ impl ReplayStore for MemoryReplayStore {
 /// Remembers ids in the `auth_jti` table (migration `0001_auth_jti.sql`), so
 /// every service process sharing the database sees every use.
 ///
-/// Ids are recorded in batches, as a database group-commits: one task owns
-/// the inserts; while its statement runs, the ids of other requests queue,
-/// and the next statement records all of them. Each request still waits
-/// until its own id is in the table, so a replay on any replica is refused
-/// exactly as before, but under load many requests share one round trip
-/// and one transaction instead of each paying for its own.
+/// The ids of concurrent requests are recorded in one statement
+/// ([`GroupCommit`]). Each request still waits until its own id is in the
+/// table, so a replay on any replica is refused before its handler runs.
 #[derive(Debug, Clone)]
 pub struct PgReplayStore {
-    claims: mpsc::Sender<Claim>,
+    ids: GroupCommit<TokenIds>,
 }
-
-/// One request's id, waiting to be recorded.
-#[derive(Debug)]
-struct Claim {
-    jti: String,
-    issuer: String,
-    expires_at: DateTime<Utc>,
-    first_use: oneshot::Sender<Result<bool, AuthError>>,
-}
-
-/// The most ids one statement records.
-const MAX_BATCH: usize = 256;
 
 impl PgReplayStore {
     /// A store on `pool`; starts its recording task on the current Tokio
-    /// runtime. The task ends when the last clone of the store is dropped.
+    /// runtime.
     pub fn new(pool: PgPool) -> Self {
-        let (claims, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(record_batches(pool, queue));
-        Self { claims }
+        Self {
+            ids: GroupCommit::start(TokenIds { pool }),
+        }
     }
 
     /// Deletes the ids whose tokens have expired; returns how many. Run it
@@ -127,81 +113,81 @@ impl ReplayStore for PgReplayStore {
         issuer: &Did,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, AuthError> {
-        let gone = || AuthError::Internal("the token id recorder has stopped".into());
-        let (first_use, answer) = oneshot::channel();
-        let claim = Claim {
-            jti: jti.to_owned(),
+        let id = TokenId {
             issuer: issuer.as_str().to_owned(),
+            jti: jti.to_owned(),
             expires_at,
-            first_use,
         };
-        self.claims.send(claim).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        self.ids.submit(id).await.unwrap_or_else(|| {
+            Err(AuthError::Internal(
+                "the token id recorder has stopped".into(),
+            ))
+        })
     }
 }
 
-/// The recording task: takes whatever has queued (at least one id), records
-/// it in one statement, answers each request, and goes again.
-async fn record_batches(pool: PgPool, mut queue: mpsc::Receiver<Claim>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let recorded = record(&pool, &batch).await;
-        if let Err(AuthError::Unavailable(_)) = &recorded {
-            // The ids that queued meanwhile waited as long as this attempt
-            // did: answer them with its 503 now rather than make each wait
-            // for one more attempt, which would double the time a client
-            // waits to learn that the database is down.
-            while let Ok(claim) = queue.try_recv() {
-                batch.push(claim);
+/// One request's token id.
+#[derive(Debug)]
+struct TokenId {
+    issuer: String,
+    jti: String,
+    expires_at: DateTime<Utc>,
+}
+
+/// Token ids, written in batches.
+struct TokenIds {
+    pool: PgPool,
+}
+
+impl Batch for TokenIds {
+    type Item = TokenId;
+    /// First use (`true`) or a replay.
+    type Answer = Result<bool, AuthError>;
+
+    /// One statement, so two concurrent uses (in one batch, or on two
+    /// replicas) cannot both win: a new id is inserted; an existing row is
+    /// only taken over if it has expired (an issuer reusing an id after its
+    /// old token's expiry is not a replay) and cleanup has not removed it
+    /// yet. The same id twice in a batch wins once.
+    async fn write(&self, ids: &[TokenId]) -> Vec<Self::Answer> {
+        // `ON CONFLICT DO UPDATE` may not touch a row twice in one
+        // statement, so each id goes in once; in the order of the primary
+        // key, so that two batches holding the same ids (a replay racing on
+        // two replicas) lock them in the same order and cannot deadlock.
+        let mut unique: Vec<&TokenId> = ids.iter().collect();
+        unique.sort_by(|a, b| (&a.issuer, &a.jti).cmp(&(&b.issuer, &b.jti)));
+        unique.dedup_by(|a, b| (&a.issuer, &a.jti) == (&b.issuer, &b.jti));
+        let issuers: Vec<&str> = unique.iter().map(|id| id.issuer.as_str()).collect();
+        let jtis: Vec<&str> = unique.iter().map(|id| id.jti.as_str()).collect();
+        let expiries: Vec<DateTime<Utc>> = unique.iter().map(|id| id.expires_at).collect();
+        let recorded = sqlx::query!(
+            "INSERT INTO auth_jti (jti, issuer, expires_at) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) \
+             ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at \
+             WHERE auth_jti.expires_at < now() \
+             RETURNING issuer, jti",
+            &jtis as &[&str],
+            &issuers as &[&str],
+            &expiries,
+        )
+        .fetch_all(&self.pool)
+        .await;
+        let mut new: HashSet<(String, String)> = match recorded {
+            Ok(rows) => rows.into_iter().map(|row| (row.issuer, row.jti)).collect(),
+            Err(error) => {
+                let failure = super::storage_failure("recording token ids", &error);
+                return vec![Err(failure); ids.len()];
             }
-        }
-        let mut seen = HashSet::with_capacity(batch.len());
-        for claim in batch.drain(..) {
-            let key = (claim.issuer, claim.jti);
-            // The same id twice in one batch: only its first occurrence
-            // can be the first use.
-            let first_in_batch = seen.insert(key.clone());
-            let answer = match &recorded {
-                Ok(new) => Ok(first_in_batch && new.contains(&key)),
-                Err(error) => Err(error.clone()),
-            };
-            // A request that gave up waiting no longer needs the answer.
-            let _ = claim.first_use.send(answer);
-        }
+        };
+        // The first of equal ids takes the first use.
+        ids.iter()
+            .map(|id| Ok(new.remove(&(id.issuer.clone(), id.jti.clone()))))
+            .collect()
     }
-}
 
-/// Records the batch's ids in one statement, so two concurrent uses (in
-/// one batch, or on two replicas) cannot both win: a new id is inserted; an
-/// existing row is only taken over if it has expired (an issuer reusing an
-/// id after its old token's expiry is not a replay) and cleanup has not
-/// removed it yet. Returns the ids that were new.
-async fn record(pool: &PgPool, batch: &[Claim]) -> Result<HashSet<(String, String)>, AuthError> {
-    // `ON CONFLICT DO UPDATE` may not touch a row twice in one statement:
-    // each id goes in once.
-    let mut unique = HashSet::with_capacity(batch.len());
-    let (mut jtis, mut issuers, mut expiries) = (Vec::new(), Vec::new(), Vec::new());
-    for claim in batch {
-        if unique.insert((claim.issuer.as_str(), claim.jti.as_str())) {
-            jtis.push(claim.jti.clone());
-            issuers.push(claim.issuer.clone());
-            expiries.push(claim.expires_at);
-        }
+    fn unavailable(answer: &Self::Answer) -> bool {
+        matches!(answer, Err(AuthError::Unavailable(_)))
     }
-    let rows = sqlx::query!(
-        "INSERT INTO auth_jti (jti, issuer, expires_at) \
-         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) \
-         ON CONFLICT (issuer, jti) DO UPDATE SET expires_at = EXCLUDED.expires_at \
-         WHERE auth_jti.expires_at < now() \
-         RETURNING issuer, jti",
-        &jtis,
-        &issuers,
-        &expiries,
-    )
-    .fetch_all(pool)
-    .await
-    .map_err(|error| super::storage_failure("recording token ids", &error))?;
-    Ok(rows.into_iter().map(|row| (row.issuer, row.jti)).collect())
 }
 
 #[cfg(test)]

@@ -119,10 +119,25 @@ async fn run(db: PgPool, queues: Queues, group_id: Vec<u8>) {
             queue.drain(..batch_len(queue)).unzip()
         };
         metrics::histogram!("send_message_batch_messages").record(entries.len() as f64);
-        let mut answers = append_batch(&db, &group_id, &entries).await;
-        for (position, sender) in senders.into_iter().enumerate() {
+        let Some(taken) = append_batch(&db, &group_id, &entries).await else {
+            // The database cannot be reached: the senders that queued
+            // meanwhile get the 503 now too, as in `crate::group_commit`.
+            let queued = lock(&queues)
+                .get_mut(&group_id)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let unavailable = || ServiceError::Unavailable(error::DATABASE_UNAVAILABLE.into());
+            for sender in senders
+                .into_iter()
+                .chain(queued.into_iter().map(|(_, s)| s))
+            {
+                let _ = sender.send(Err(unavailable()));
+            }
+            continue;
+        };
+        for (sender, taken) in senders.into_iter().zip(taken) {
             // A sender that gave up waiting no longer needs its answer.
-            let _ = sender.send(answers(position));
+            let _ = sender.send(Ok(taken));
         }
     }
 }
@@ -137,19 +152,19 @@ fn batch_len(queue: &[Waiting]) -> usize {
     within_budget.count().max(1)
 }
 
-/// One statement for `entries`; what it answers each, by position.
+/// One statement for `entries`: what it took of each, by position; `None`
+/// if the database cannot be reached.
 async fn append_batch(
     db: &PgPool,
     group_id: &[u8],
     entries: &[BatchEntry],
-) -> impl FnMut(usize) -> Answer {
+) -> Option<Vec<Option<Taken>>> {
     let result = async {
         let mut conn = db.acquire().await?;
         log::append_application_batch(&mut conn, group_id, entries).await
     }
     .await;
     let mut taken = vec![None; entries.len()];
-    let mut unavailable = false;
     match result {
         Ok(rows) => {
             for row in rows {
@@ -166,19 +181,12 @@ async fn append_batch(
         }
         Err(error) if error::unavailable(&error) => {
             tracing::warn!(%error, "database unavailable");
-            unavailable = true;
+            return None;
         }
         // A conflict in the batch: every message goes its own way.
         Err(error) => tracing::debug!(%error, messages = entries.len(), "group append refused"),
     }
-    move |position| {
-        if unavailable {
-            return Err(ServiceError::Unavailable(
-                error::DATABASE_UNAVAILABLE.into(),
-            ));
-        }
-        Ok(taken[position])
-    }
+    Some(taken)
 }
 
 /// Should a runner panic, its queue goes with it: the waiting senders get
