@@ -5,14 +5,17 @@
 //! item), writes it in one statement, answers each request, and goes again,
 //! as a database group-commits. Under load many requests share one round
 //! trip and one transaction; alone, a request waits for its own statement
-//! only. While the database cannot be reached, the items that queued during
-//! a failed attempt get its answer at once rather than each waiting out one
-//! more attempt, so a client still learns of an outage within about one
-//! acquire timeout.
+//! only. Two statements may run at once, so a batch need not wait for the
+//! one before it. While the database cannot be reached, the items that
+//! queued during a failed attempt get its answer at once rather than each
+//! waiting out one more attempt, so a client still learns of an outage
+//! within about one acquire timeout.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// The most items one statement writes.
 const MAX_BATCH: usize = 256;
@@ -29,9 +32,24 @@ pub trait Batch: Send + Sync + 'static {
     fn unavailable(answer: &Self::Answer) -> bool;
 }
 
+/// How many statements of one kind may run at once: while one runs, the
+/// next batch can start instead of waiting for it.
+const IN_FLIGHT: usize = 2;
+
+/// An item, when it was queued, and where its answer goes.
+type Job<B> = (
+    <B as Batch>::Item,
+    Instant,
+    oneshot::Sender<<B as Batch>::Answer>,
+);
+
+/// The last attempt that found the database unavailable: when it ended,
+/// and its answer.
+type LastFailure<A> = Arc<Mutex<Option<(Instant, A)>>>;
+
 /// The queue of one kind of write, and its task.
 pub struct GroupCommit<B: Batch> {
-    queue: mpsc::Sender<(B::Item, oneshot::Sender<B::Answer>)>,
+    queue: mpsc::Sender<Job<B>>,
 }
 
 impl<B: Batch> Clone for GroupCommit<B> {
@@ -53,7 +71,7 @@ impl<B: Batch> GroupCommit<B> {
     /// clone of the returned queue is dropped.
     pub fn start(batch: B) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(run(batch, jobs));
+        tokio::spawn(run(Arc::new(batch), jobs));
         Self { queue }
     }
 
@@ -61,24 +79,57 @@ impl<B: Batch> GroupCommit<B> {
     /// the task has stopped (only while the runtime shuts down).
     pub async fn submit(&self, item: B::Item) -> Option<B::Answer> {
         let (answer, answered) = oneshot::channel();
-        self.queue.send((item, answer)).await.ok()?;
+        self.queue.send((item, Instant::now(), answer)).await.ok()?;
         answered.await.ok()
     }
 }
 
-async fn run<B: Batch>(batch: B, mut queue: mpsc::Receiver<(B::Item, oneshot::Sender<B::Answer>)>) {
+async fn run<B: Batch>(batch: Arc<B>, mut queue: mpsc::Receiver<Job<B>>) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let failed: LastFailure<B::Answer> = Arc::default();
     let mut jobs = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let (items, waiting): (Vec<_>, Vec<_>) = jobs.drain(..).unzip();
-        let answers = batch.write(&items).await;
-        if let Some(failure) = answers.iter().find(|answer| B::unavailable(answer)) {
-            while let Ok((_, queued)) = queue.try_recv() {
-                let _ = queued.send(failure.clone());
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.recv_many(&mut jobs, MAX_BATCH).await == 0 {
+            return;
+        }
+        let failure = lock(&failed).clone();
+        let (mut items, mut waiting) = (Vec::with_capacity(jobs.len()), Vec::new());
+        for (item, queued_at, answer) in jobs.drain(..) {
+            match &failure {
+                // It waited through that attempt: it gets its answer now
+                // rather than wait out one more.
+                Some((ended, failure)) if queued_at < *ended => {
+                    let _ = answer.send(failure.clone());
+                }
+                _ => {
+                    items.push(item);
+                    waiting.push(answer);
+                }
             }
         }
-        // A request that gave up waiting no longer needs its answer.
-        for (answer, waiting) in answers.into_iter().zip(waiting) {
-            let _ = waiting.send(answer);
+        if items.is_empty() {
+            continue;
         }
+        let (batch, failed) = (batch.clone(), failed.clone());
+        tokio::spawn(async move {
+            let answers = batch.write(&items).await;
+            if let Some(failure) = answers.iter().find(|answer| B::unavailable(answer)) {
+                *lock(&failed) = Some((Instant::now(), failure.clone()));
+            }
+            // A request that gave up waiting no longer needs its answer.
+            for (answer, waiting) in answers.into_iter().zip(waiting) {
+                let _ = waiting.send(answer);
+            }
+            drop(permit);
+        });
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
