@@ -64,12 +64,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
 
     tracing::info!("connecting to the database at {}", checked.database);
-    let pool = db::connect(
-        &checked.database,
-        config.db_max_connections,
-        config.db_acquire_timeout(),
-    )
-    .await?;
+    let pool_settings = config.pool_settings();
+    let pool = db::connect(&checked.database, pool_settings).await?;
 
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
@@ -89,6 +85,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let state = Arc::new(AppState::from_checked(&checked, pool)?);
     let cleanup = Duration::from_secs(config.cleanup_interval_seconds);
     tokio::spawn(maintenance::run_periodically(state.clone(), cleanup));
+    tokio::spawn(db::keep_warm(
+        state.db.clone(),
+        pool_settings.warm_connections,
+    ));
     state.realtime.spawn_fanout(&state.db);
     let hub = state.realtime.hub.clone();
     let app = router(state, &config);

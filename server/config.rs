@@ -21,6 +21,7 @@ use catbird_generated::lexicons::blue::catbird::mls::send_ephemeral;
 use crate::connections::ConnectionSettings;
 use crate::convos::ConvoSettings;
 use crate::db::DatabaseUrl;
+use crate::db::PoolSettings;
 use crate::idempotency::IdempotencySettings;
 use crate::keypackages::KeyPackageLimits;
 use crate::ratelimit::{ClassLimits, RateLimitSettings};
@@ -54,6 +55,7 @@ settings! {
     PROFILE = "--profile", "CATBIRD_PROFILE";
     DATABASE_URL = "--database-url", "DATABASE_URL";
     DB_MAX_CONNECTIONS = "--db-max-connections", "CATBIRD_DB_MAX_CONNECTIONS";
+    DB_WARM_CONNECTIONS = "--db-warm-connections", "CATBIRD_DB_WARM_CONNECTIONS";
     SERVICE_DID = "--service-did", "CATBIRD_SERVICE_DID";
     DID_RESOLUTION = "--did-resolution", "CATBIRD_DID_RESOLUTION";
     DID_DIRECTORY = "--did-directory", "CATBIRD_DID_DIRECTORY";
@@ -189,6 +191,12 @@ pub struct ServeConfig {
     /// Maximum connections in the database pool.
     #[arg(long, env = "CATBIRD_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
+    /// Database connections kept open while the service is quiet, so that
+    /// a burst after a quiet spell does not wait for new connections
+    /// [default: `--db-max-connections`, a fixed-size pool; 0 opens
+    /// connections only on demand].
+    #[arg(long, env = "CATBIRD_DB_WARM_CONNECTIONS")]
+    pub db_warm_connections: Option<u32>,
     /// This service's DID: the `aud` every service-auth token must carry
     /// (required, except with `--profile local`: `did:web:localhost`).
     #[arg(long, env = "CATBIRD_SERVICE_DID")]
@@ -364,6 +372,15 @@ impl ServeConfig {
                 "must be at least 1",
             ));
         }
+        if self.db_warm_connections > Some(self.db_max_connections) {
+            return Err(ConfigError::invalid(
+                DB_WARM_CONNECTIONS,
+                format!(
+                    "must not exceed {DB_MAX_CONNECTIONS} ({})",
+                    self.db_max_connections
+                ),
+            ));
+        }
         let service_did = self.service_did()?;
         Ok(CheckedConfig {
             database,
@@ -480,9 +497,13 @@ impl ServeConfig {
         Duration::from_millis(self.body_read_timeout_ms)
     }
 
-    /// How long a request waits for a database connection.
-    pub fn db_acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
+    /// The database pool's size, warm size and acquire timeout.
+    pub fn pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.db_max_connections,
+            warm_connections: self.db_warm_connections.unwrap_or(self.db_max_connections),
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+        }
     }
 
     /// The idempotency settings.

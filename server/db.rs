@@ -133,20 +133,36 @@ pub struct MigrateError {
 /// The migrations under `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The pool's limits: how many connections at most, how many are kept
+/// open while the service is quiet, and how long a request waits for one.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub warm_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// How long a connection above the warm size may stay idle.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How often [`keep_warm`] looks at the pool.
+const WARM_CHECK_EVERY: Duration = Duration::from_secs(10);
+
 /// Connects with limits that suit a request-per-connection service: a
 /// bounded pool, a short acquire timeout (`acquire_timeout`, about a
 /// second) so that an unreachable database or overload shows as a quick
 /// 503 rather than a pile-up, connections checked before use only when
-/// they have been idle for a second, and recycled idle connections. The
-/// pool reconnects by itself once the database is back.
+/// they have been idle for a second, and idle connections closed after
+/// five minutes unless the whole pool is kept warm (then they live until
+/// sqlx's maximum lifetime). The pool reconnects by itself once the
+/// database is back.
 ///
 /// One connection is made first, on its own: the pool would keep retrying
 /// a refused connection until its acquire timeout and then report only that
 /// it timed out, where this reports the cause at once.
 pub async fn connect(
     database: &DatabaseUrl,
-    max_connections: u32,
-    acquire_timeout: Duration,
+    settings: PoolSettings,
 ) -> Result<PgPool, ConnectError> {
     let first = tokio::time::timeout(CONNECT_TIMEOUT, database.options.connect())
         .await
@@ -157,11 +173,17 @@ pub async fn connect(
         .map_err(|e| ConnectError::new(database, &e))?;
     // Only a probe: the pool makes its own connections.
     let _ = first.close().await;
+    let idle_timeout =
+        (settings.warm_connections < settings.max_connections).then_some(IDLE_TIMEOUT);
+    // No `min_connections`: sqlx keeps that minimum with a task that holds
+    // a pool permit while it retries a refused connection for up to five
+    // minutes, so after a database outage requests would wait behind it.
+    // `keep_warm` does the same job without holding anything while the
+    // database is away.
     PgPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(1)
-        .acquire_timeout(acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(idle_timeout)
         .test_before_acquire(false)
         .before_acquire(|connection, meta| {
             Box::pin(async move {
@@ -174,6 +196,64 @@ pub async fn connect(
         .connect_with(database.options.clone())
         .await
         .map_err(|e| ConnectError::new(database, &e))
+}
+
+/// Keeps `count` connections open for as long as the service runs,
+/// checking every ten seconds (the first time at once).
+///
+/// Opening a PostgreSQL connection costs a process on the server and a few
+/// milliseconds; a burst after a quiet spell (100 clients rejoining after a
+/// network change) would otherwise open them on its critical path, which
+/// halved the rejoins it completed per second (see docs/BENCHMARKS.md).
+pub async fn keep_warm(pool: PgPool, count: u32) {
+    if count == 0 {
+        return;
+    }
+    let mut tick = tokio::time::interval(WARM_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        top_up(&pool, count).await;
+    }
+}
+
+/// Opens connections until the pool holds `count`, and returns how many it
+/// opened.
+///
+/// sqlx has no call that adds a connection, so the pool is made to open
+/// them: a round asks for every idle connection and for the missing ones
+/// at once, and holds them until all have come, so a request meanwhile
+/// waits at most one connect for a connection. (A request that takes a
+/// connection during the round leaves it short; another round follows.)
+/// One connection is asked for alone first: while the database is away
+/// that one fails, the next check tries again, and the round never takes
+/// permits the requests' quick 503s need.
+pub async fn top_up(pool: &PgPool, count: u32) -> u32 {
+    let before = pool.size();
+    if before >= count {
+        return 0;
+    }
+    if let Err(error) = pool.acquire().await {
+        tracing::debug!(%error, "keeping database connections open: not now");
+        return 0;
+    }
+    loop {
+        let size = pool.size();
+        if size >= count {
+            break;
+        }
+        let wanted = count - size + pool.num_idle() as u32;
+        let round = futures_util::future::join_all((0..wanted).map(|_| pool.acquire())).await;
+        if let Some(error) = round.iter().find_map(|held| held.as_ref().err()) {
+            tracing::debug!(%error, "keeping database connections open: not now");
+            break;
+        }
+        drop(round);
+        if pool.size() <= size {
+            break;
+        }
+    }
+    pool.size().saturating_sub(before)
 }
 
 /// Applies every pending migration; returns how many the binary embeds

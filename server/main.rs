@@ -88,7 +88,15 @@ async fn external_commits(
         setting: config::DATABASE_URL,
         problem: e.to_string(),
     })?;
-    let pool = db::connect(&database, 1, std::time::Duration::from_secs(5)).await?;
+    let pool = db::connect(
+        &database,
+        db::PoolSettings {
+            max_connections: 1,
+            warm_connections: 0,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        },
+    )
+    .await?;
     let state = if change.is_empty() {
         rollout::load(&pool).await?
     } else {

@@ -18,6 +18,7 @@ use catbird_generated::lexicons::blue::catbird::mls::{
 use catbird_generated::runtime::Did;
 use catbird_generated::runtime::xrpc::reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use catbird_generated::runtime::xrpc::reqwest::{self, StatusCode, Url};
+use catbird_mls::db;
 use catbird_mls_client as client;
 use catbird_mls_core::auth::{Algorithm, jwt};
 use serde_json::{Value, json};
@@ -154,6 +155,38 @@ async fn metrics_count_requests_by_method_and_status(pool: PgPool) {
         metrics.value("db_pool_max_connections", &[]) > Some(0.0),
         "{text}"
     );
+}
+
+// ---- the pool ---------------------------------------------------------------
+
+/// A burst after a quiet spell finds its connections open: `top_up` opens
+/// what is missing up to the warm size, beside a connection in use, and
+/// opens nothing more once the pool is that size. (A fixed-size pool, so
+/// that the burst below can only be served by the connections kept open.)
+#[sqlx::test(migrations = "./migrations")]
+async fn the_pool_is_topped_up_to_its_warm_size(pool: PgPool) {
+    let database = db::DatabaseUrl::parse(&database_url(&pool)).unwrap();
+    let settings = db::PoolSettings {
+        max_connections: 4,
+        warm_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let warm = db::connect(&database, settings).await.unwrap();
+    let in_use = warm.acquire().await.unwrap();
+    let before = warm.size();
+    assert!(before < 4, "the pool starts small ({before})");
+
+    let opened = db::top_up(&warm, settings.warm_connections).await;
+    assert_eq!(opened, 4 - before);
+    assert_eq!(warm.size(), 4);
+    let burst = futures_util::future::try_join_all((0..3).map(|_| warm.acquire()))
+        .await
+        .unwrap();
+    assert_eq!(warm.size(), 4, "the burst found its connections open");
+    drop((burst, in_use));
+
+    assert_eq!(db::top_up(&warm, settings.warm_connections).await, 0);
+    assert_eq!(warm.size(), 4);
 }
 
 // ---- graceful shutdown ------------------------------------------------------

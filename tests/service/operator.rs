@@ -287,6 +287,19 @@ async fn configuration_errors_name_the_flag_and_migrate_nothing(pool: PgPool) {
             ],
             &["--key-package-max-per-device", "--key-package-target"],
         ),
+        (
+            &[
+                "--profile",
+                "local",
+                "--did-directory",
+                dids,
+                "--db-max-connections",
+                "4",
+                "--db-warm-connections",
+                "5",
+            ],
+            &["--db-warm-connections", "must not exceed", "(4)"],
+        ),
     ];
     for (flags, expected) in cases {
         let mut command = serve_command();
