@@ -1,6 +1,7 @@
 //! The external-commit rollout switch: on or off, a share of users and an
 //! allow-list. It lives in one database row (`external_commit_rollout`),
-//! read on every processExternalCommit and changed with
+//! read on every processExternalCommit (by the statement that locks the
+//! conversation, `convos::store::lock`) and changed with
 //! `catbird-mls external-commits`, so operators move it without a rebuild
 //! or a restart, for every service process at once.
 
@@ -57,7 +58,7 @@ impl Rollout {
         )))
     }
 
-    fn from_row(enabled: bool, percent: i16, allow_list: Vec<String>) -> Self {
+    pub fn from_row(enabled: bool, percent: i16, allow_list: Vec<String>) -> Self {
         Self {
             enabled,
             // The table's CHECK keeps it within 0..=100.

@@ -32,7 +32,7 @@ use crate::ratelimit::MethodClass;
 use crate::realtime::{ephemeral, stream, tickets};
 use crate::state::AppState;
 use crate::{idempotency, keypackages, mls_crypto};
-use crate::{rollout, telemetry};
+use crate::telemetry;
 
 /// The XRPC service over the shared application state.
 #[derive(Clone)]
@@ -117,7 +117,7 @@ impl Service {
         group_info: &[u8],
     ) -> Result<commits::Accepted, ServiceError> {
         let nsid = method.nsid();
-        let external = matches!(method, CommitMethod::External { .. });
+        let external = matches!(method, CommitMethod::External);
         let removal = match &method {
             CommitMethod::RemoveMember { did, ban } => Some((did.to_string(), *ban)),
             _ => None,
@@ -578,14 +578,16 @@ impl mls::Handler for Service {
     ) -> process_external_commit::Response {
         let started = Instant::now();
         metrics::counter!("external_commit_requests_total").increment(1);
-        let result = async {
-            let rollout = rollout::load(&self.state.db).await?;
-            let method = CommitMethod::External { rollout: &rollout };
-            let (commit, group_info) = (&input.external_commit.0, &input.group_info.0);
-            self.commit(&caller, &input.convo_id, method, commit, group_info)
-                .await
-        }
-        .await;
+        let (commit, group_info) = (&input.external_commit.0, &input.group_info.0);
+        let result = self
+            .commit(
+                &caller,
+                &input.convo_id,
+                CommitMethod::External,
+                commit,
+                group_info,
+            )
+            .await;
         metrics::histogram!("external_commit_latency_seconds")
             .record(started.elapsed().as_secs_f64());
         let accepted = result?;

@@ -435,7 +435,7 @@ pub async fn rejoin(bench: &Bench<'_>) -> Result<Vec<Row>, BenchError> {
         convos.push((user, convo));
     }
     let mut rows = Vec::new();
-    for (round, concurrency) in [(1, 1), (2, count)] {
+    for (round, concurrency) in [(1, 1), (2, count), (3, count)] {
         let mut jobs = Vec::with_capacity(count);
         for (user, convo) in &convos {
             let client = user.client(bench.url());

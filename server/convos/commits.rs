@@ -21,7 +21,6 @@ use crate::groups::engine::{
 };
 use crate::keypackages;
 use crate::mls_crypto;
-use crate::rollout::Rollout;
 
 /// Which method a commit came through: each allows different changes.
 pub enum CommitMethod<'a> {
@@ -33,9 +32,9 @@ pub enum CommitMethod<'a> {
     /// removeMember: removals of `did`'s devices only.
     RemoveMember { did: &'a Did, ban: bool },
     /// processExternalCommit: the caller's device (re)joins, if the
-    /// rollout switch lets the caller (checked after the resubmission
-    /// check, so a client retrying an accepted commit gets its result).
-    External { rollout: &'a Rollout },
+    /// rollout switch lets the caller (a client retrying an accepted
+    /// commit gets its result even after the switch went off).
+    External,
 }
 
 impl CommitMethod<'_> {
@@ -45,7 +44,7 @@ impl CommitMethod<'_> {
             Self::AddMembers { .. } => add_members::NSID,
             Self::GroupChange => commit_group_change::NSID,
             Self::RemoveMember { .. } => remove_member::NSID,
-            Self::External { .. } => process_external_commit::NSID,
+            Self::External => process_external_commit::NSID,
         }
     }
 
@@ -59,7 +58,7 @@ impl CommitMethod<'_> {
             Self::GroupChange => store::LeftReason::Left,
             Self::RemoveMember { ban: false, .. }
             | Self::AddMembers { .. }
-            | Self::External { .. } => store::LeftReason::Removed,
+            | Self::External => store::LeftReason::Removed,
         }
     }
 }
@@ -92,22 +91,36 @@ pub async fn commit(
     // Access first: replaying someone's accepted commit must not tell a
     // stranger anything.
     let is_admin = check_access(Standing::of(user, settings), caller, settings, &method)?;
-    if let Some(previous) = resubmitted(&mut tx, group_id, &hash, caller).await? {
-        // The same commit again from its committer: the original result.
-        return Ok(Accepted {
-            epoch: previous.epoch + 1,
-            seq: previous.seq,
-            accepted_at: previous.created_at,
-            resubmitted: true,
-        });
+    let applied = async {
+        if let CommitMethod::External = &method {
+            convo.rollout.check(caller.as_str())?;
+        }
+        let mut group = loaded_group(&mut tx, groups, group_id, &convo).await?;
+        let outcome = engine::apply_commit(&mut group, commit, group_info, caller);
+        keep_if_intact(groups, group_id, &convo, group, outcome)
     }
-    if let CommitMethod::External { rollout } = &method {
-        rollout.check(caller.as_str())?;
-    }
-
-    let mut group = loaded_group(&mut tx, groups, group_id, &convo).await?;
-    let outcome = engine::apply_commit(&mut group, commit, group_info, caller);
-    let (outcome, group) = keep_if_intact(groups, group_id, &convo, group, outcome)?;
+    .await;
+    let (outcome, group) = match applied {
+        Ok(applied) => applied,
+        // Only a refused commit can be a resubmission: an accepted one
+        // moved the group past the epoch it was made for, so it never
+        // applies twice. Looking for it only now spares every accepted
+        // commit a statement. (Not after a database error: the
+        // transaction is gone, and that error is the answer.)
+        Err(error) if !matches!(error, ServiceError::Database(_)) => {
+            return match resubmitted(&mut tx, group_id, &hash, caller).await? {
+                // The same commit again from its committer: the original result.
+                Some(previous) => Ok(Accepted {
+                    epoch: previous.epoch + 1,
+                    seq: previous.seq,
+                    accepted_at: previous.created_at,
+                    resubmitted: true,
+                }),
+                None => Err(error),
+            };
+        }
+        Err(error) => return Err(error),
+    };
     check_method_rules(
         &mut tx, group_id, caller, is_admin, &convo, &method, &outcome,
     )
@@ -215,7 +228,7 @@ fn check_access(
     settings: &ConvoSettings,
     method: &CommitMethod<'_>,
 ) -> Result<bool, ServiceError> {
-    if let CommitMethod::External { .. } = method {
+    if let CommitMethod::External = method {
         standing.rejoin_access(caller, settings)?;
         return Ok(false);
     }
@@ -242,7 +255,7 @@ async fn check_method_rules(
     method: &CommitMethod<'_>,
     outcome: &CommitOutcome,
 ) -> Result<(), ServiceError> {
-    let external = matches!(method, CommitMethod::External { .. });
+    let external = matches!(method, CommitMethod::External);
     if outcome.external != external {
         return Err(invalid(if external {
             "processExternalCommit takes an external commit"
@@ -348,7 +361,7 @@ async fn check_method_rules(
                 )));
             }
         }
-        CommitMethod::External { .. } => {}
+        CommitMethod::External => {}
     }
     Ok(())
 }
@@ -382,16 +395,13 @@ async fn apply_side_effects(
     epoch: i64,
     seq: i64,
 ) -> Result<(), ServiceError> {
-    // Pending Welcomes of removed devices go; so does one for an external
-    // joiner, which no longer needs it.
-    let mut withdrawn: Vec<String> = outcome
+    // Pending Welcomes of removed devices go. (A joining device's, an
+    // external joiner's, went with its membership row: `sync_members`.)
+    let withdrawn: Vec<String> = outcome
         .removed
         .iter()
         .map(|r| r.device.to_string())
         .collect();
-    if let CommitMethod::External { .. } = method {
-        withdrawn.push(outcome.committer.to_string());
-    }
     if !withdrawn.is_empty() {
         welcomes::withdraw(tx, group_id, &withdrawn).await?;
     }
@@ -417,7 +427,7 @@ async fn apply_side_effects(
         }
         CommitMethod::RemoveMember { ban: false, .. }
         | CommitMethod::GroupChange
-        | CommitMethod::External { .. } => {}
+        | CommitMethod::External => {}
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::groups::engine::{Member, StateWrite, StoredState};
+use crate::rollout::Rollout;
 use welcomes::WelcomeState;
 
 /// A conversation row, locked for the rest of the transaction.
@@ -19,11 +20,15 @@ pub struct Locked {
     /// Which write of the group state is current (see [`load_state`]).
     pub state_version: i64,
     pub cipher_suite: String,
+    /// The external-commit rollout switch, read in the same statement
+    /// (processExternalCommit checks it: one round trip fewer).
+    pub rollout: Rollout,
 }
 
 /// Locks a conversation: every write to its log and epoch goes through this
 /// lock, so the counter is gapless and one commit per epoch wins. Returns
-/// `did`'s user row with it (the access check needs it: one round trip).
+/// `did`'s user row and the rollout switch with it (the access checks need
+/// them: one round trip). A missing switch row reads as switched off.
 pub async fn lock(
     tx: &mut PgConnection,
     group_id: &[u8],
@@ -32,8 +37,11 @@ pub async fn lock(
     let row = sqlx::query!(
         r#"SELECT c.epoch, c.last_seq, c.state_version, c.cipher_suite,
                   u.is_admin AS "is_admin?", u.visible_after_seq AS "visible_after_seq?",
-                  u.left_at, u.banned_at
+                  u.left_at, u.banned_at,
+                  r.enabled AS "rollout_enabled?", r.percent AS "rollout_percent?",
+                  r.allow_list AS "rollout_allow_list?"
            FROM convos c LEFT JOIN convo_users u ON u.convo_id = c.group_id AND u.did = $2
+                LEFT JOIN external_commit_rollout r ON true
            WHERE c.group_id = $1 FOR UPDATE OF c"#,
         group_id,
         did,
@@ -47,6 +55,11 @@ pub async fn lock(
             last_seq: r.last_seq,
             state_version: r.state_version,
             cipher_suite: r.cipher_suite,
+            rollout: Rollout::from_row(
+                r.rollout_enabled.unwrap_or(false),
+                r.rollout_percent.unwrap_or(0),
+                r.rollout_allow_list.unwrap_or_default(),
+            ),
         };
         (locked, user)
     }))
@@ -89,25 +102,12 @@ pub async fn load_state(
     Ok(StoredState { head, nodes })
 }
 
-/// Stores the nodes a save of the group state changed or blanked (the head
-/// goes with the conversation row's update).
-async fn write_nodes(
-    tx: &mut PgConnection,
-    group_id: &[u8],
-    state: &StateWrite,
-) -> Result<(), sqlx::Error> {
-    if !state.blanked.is_empty() {
-        sqlx::query!(
-            "DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($2)",
-            group_id,
-            &state.blanked,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
-    insert_nodes(tx, group_id, &state.nodes).await
+/// Node rows as statement parameters: their indexes and bytes.
+fn node_columns(nodes: &[(i32, Vec<u8>)]) -> (Vec<i32>, Vec<Vec<u8>>) {
+    nodes.iter().cloned().unzip()
 }
 
+/// A new conversation's node rows.
 async fn insert_nodes(
     tx: &mut PgConnection,
     group_id: &[u8],
@@ -116,7 +116,7 @@ async fn insert_nodes(
     if nodes.is_empty() {
         return Ok(());
     }
-    let (indexes, nodes): (Vec<i32>, Vec<Vec<u8>>) = nodes.iter().cloned().unzip();
+    let (indexes, nodes) = node_columns(nodes);
     sqlx::query!(
         "INSERT INTO group_state_nodes (convo_id, node_index, node) \
          SELECT $1, i, n FROM unnest($2::int[], $3::bytea[]) AS t(i, n) \
@@ -219,8 +219,18 @@ pub async fn advance(
     state: &StateWrite,
     group_info: &[u8],
 ) -> Result<Option<i64>, sqlx::Error> {
-    let version = sqlx::query_scalar!(
-        "UPDATE convos SET epoch = $3, last_seq = $4, group_info = $5, state = $6, \
+    let (indexes, nodes) = node_columns(&state.nodes);
+    // The row and the node rows in one statement (blanked and changed
+    // nodes never share an index); the caller rolls the transaction back
+    // when the epoch did not match.
+    sqlx::query_scalar!(
+        "WITH blanked AS ( \
+           DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($7)), \
+         written AS ( \
+           INSERT INTO group_state_nodes (convo_id, node_index, node) \
+           SELECT $1, i, n FROM unnest($8::int[], $9::bytea[]) AS t(i, n) \
+           ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node) \
+         UPDATE convos SET epoch = $3, last_seq = $4, group_info = $5, state = $6, \
                 state_version = nextval('group_state_versions'), last_message_at = now() \
          WHERE group_id = $1 AND epoch = $2 RETURNING state_version",
         group_id,
@@ -229,13 +239,12 @@ pub async fn advance(
         seq,
         group_info,
         &state.head,
+        &state.blanked,
+        &indexes,
+        &nodes,
     )
     .fetch_optional(&mut *tx)
-    .await?;
-    if version.is_some() {
-        write_nodes(tx, group_id, state).await?;
-    }
-    Ok(version)
+    .await
 }
 
 /// Records a queued proposal: the log counter and the state move, the
@@ -246,18 +255,26 @@ pub async fn record_proposal(
     seq: i64,
     state: &StateWrite,
 ) -> Result<i64, sqlx::Error> {
-    let version = sqlx::query_scalar!(
-        "UPDATE convos SET last_seq = $2, state = $3, \
+    let (indexes, nodes) = node_columns(&state.nodes);
+    sqlx::query_scalar!(
+        "WITH blanked AS ( \
+           DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($4)), \
+         written AS ( \
+           INSERT INTO group_state_nodes (convo_id, node_index, node) \
+           SELECT $1, i, n FROM unnest($5::int[], $6::bytea[]) AS t(i, n) \
+           ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node) \
+         UPDATE convos SET last_seq = $2, state = $3, \
                 state_version = nextval('group_state_versions'), last_message_at = now() \
          WHERE group_id = $1 RETURNING state_version",
         group_id,
         seq,
         &state.head,
+        &state.blanked,
+        &indexes,
+        &nodes,
     )
     .fetch_one(&mut *tx)
-    .await?;
-    write_nodes(tx, group_id, state).await?;
-    Ok(version)
+    .await
 }
 
 /// Takes the next seq for an application message of `epoch`, or `None` when
@@ -375,8 +392,9 @@ pub enum LeftReason {
 /// (with `reason`), the new occupants (`joined`) a row joined at `seq`.
 /// Then the user rows of those devices' users follow: a user with a device
 /// is current (a returning user's membership restarts at `seq`); a user
-/// without one has left. Leaves the commit did not touch are not read: a
-/// self-update changes no row.
+/// without one has left. A joining device's untaken Welcome is withdrawn.
+/// Leaves the commit did not touch are not read: a self-update changes no
+/// row.
 pub async fn sync_members(
     tx: &mut PgConnection,
     group_id: &[u8],
@@ -403,13 +421,17 @@ pub async fn sync_members(
     }
     if !joined.is_empty() {
         let (leaves, devices, dids) = columns(joined);
-        // The device rows and their users' rows in one statement (neither
-        // insert reads the other's table).
+        // The device rows, their users' rows and the withdrawal of
+        // Welcomes they have not taken (a device in the tree needs none:
+        // an external joiner's goes; addMembers stores the new one after)
+        // in one statement: none of its parts reads another's table.
         sqlx::query!(
             "WITH devices AS ( \
                INSERT INTO convo_devices (convo_id, leaf_index, device_id, did, joined_seq) \
                SELECT $1, m.leaf, m.device, m.did, $5 \
-               FROM unnest($2::int[], $3::text[], $4::text[]) AS m(leaf, device, did)) \
+               FROM unnest($2::int[], $3::text[], $4::text[]) AS m(leaf, device, did)), \
+             withdrawn AS ( \
+               DELETE FROM welcomes WHERE convo_id = $1 AND device_id = ANY($3) AND state <> $6) \
              INSERT INTO convo_users (convo_id, did, visible_after_seq) \
              SELECT DISTINCT $1::bytea, did, $5::bigint FROM unnest($4::text[]) AS m(did) \
              ON CONFLICT (convo_id, did) DO UPDATE \
@@ -420,6 +442,7 @@ pub async fn sync_members(
             &devices,
             &dids,
             seq,
+            WelcomeState::Consumed as WelcomeState,
         )
         .execute(&mut *tx)
         .await?;
