@@ -31,8 +31,8 @@ use crate::error::ServiceError;
 use crate::ratelimit::MethodClass;
 use crate::realtime::{ephemeral, stream, tickets};
 use crate::state::AppState;
-use crate::{idempotency, keypackages, mls_crypto};
 use crate::telemetry;
+use crate::{idempotency, keypackages, mls_crypto};
 
 /// The XRPC service over the shared application state.
 #[derive(Clone)]

@@ -120,6 +120,21 @@ impl CpuSplit {
             harness_ms_per_request: per(before.harness, after.harness),
         }
     }
+
+    /// The mean of splits over equal numbers of requests.
+    pub fn mean(splits: &[CpuSplit]) -> Self {
+        let mean = |part: fn(&CpuSplit) -> Option<f64>| {
+            let parts: Option<Vec<f64>> = splits.iter().map(part).collect();
+            parts
+                .filter(|parts| !parts.is_empty())
+                .map(|parts| parts.iter().sum::<f64>() / parts.len() as f64)
+        };
+        Self {
+            service_ms_per_request: mean(|s| s.service_ms_per_request),
+            postgres_ms_per_request: mean(|s| s.postgres_ms_per_request),
+            harness_ms_per_request: mean(|s| s.harness_ms_per_request),
+        }
+    }
 }
 
 /// One line of the result table.

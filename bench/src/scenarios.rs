@@ -33,6 +33,8 @@ pub struct Sizes {
     pub get_reads: usize,
     /// Rejoins per round (one conversation each).
     pub rejoins: usize,
+    /// Rounds of all the rejoins at once.
+    pub rejoin_bursts: usize,
     /// getKeyPackages calls per fetcher (16 fetchers).
     pub fetches_per_fetcher: usize,
     /// Group sizes to commit at.
@@ -56,6 +58,7 @@ impl Sizes {
             get_levels: vec![1_000, 10_000, 50_000],
             get_reads: 500,
             rejoins: 100,
+            rejoin_bursts: 5,
             fetches_per_fetcher: 50,
             commit_sizes: vec![10, 100, 1_000],
             commits_per_size: 10,
@@ -73,6 +76,7 @@ impl Sizes {
             get_levels: vec![30, 60],
             get_reads: 3,
             rejoins: 3,
+            rejoin_bursts: 2,
             fetches_per_fetcher: 2,
             commit_sizes: vec![3, 6],
             commits_per_size: 2,
@@ -424,7 +428,10 @@ impl std::fmt::Display for LogCheck {
 // ---- rejoin -------------------------------------------------------------------
 
 /// getGroupInfo + processExternalCommit by a new device of a member, one
-/// conversation each: one at a time, then all at once.
+/// conversation each: one at a time, then all at once, in several bursts
+/// (one burst of 100 lasts about 0.1 s, so a single one is at the mercy of
+/// whatever else the machine does in that moment; the row gives each
+/// burst's rate too).
 pub async fn rejoin(bench: &Bench<'_>) -> Result<Vec<Row>, BenchError> {
     let count = bench.sizes.rejoins;
     let mut convos = Vec::with_capacity(count);
@@ -434,89 +441,137 @@ pub async fn rejoin(bench: &Bench<'_>) -> Result<Vec<Row>, BenchError> {
         let convo = device.create_convo("rejoin").await?;
         convos.push((user, convo));
     }
-    let mut rows = Vec::new();
-    for (round, concurrency) in [(1, 1), (2, count), (3, count)] {
-        let mut jobs = Vec::with_capacity(count);
-        for (user, convo) in &convos {
-            let client = user.client(bench.url());
-            let params = get_group_info::Params {
-                convo_id: convo.clone(),
-            };
-            let current = client
-                .get_group_info(&params)
-                .await
-                .map_err(DeviceError::from)?;
-            let installation =
-                Installation::new(&format!("{}#r{round}", user.did().as_str()), SUITE)?;
-            let (group, bundle) = installation.join_externally(&current.group_info.0)?;
-            let group_info = installation.group_info(&group, true)?;
-            let input = process_external_commit::Input {
-                extra: Default::default(),
-                convo_id: convo.clone(),
-                external_commit: to_bytes(bundle.commit())?,
-                group_info: to_bytes(&group_info)?,
-                idempotency_key: None,
-            };
-            user.premint(get_group_info::NSID, 1);
-            user.premint(process_external_commit::NSID, 1);
-            jobs.push((user.client(bench.url()), params, input));
-        }
-        let rejoin_one = |(client, params, input): (
-            Client,
-            get_group_info::Params,
-            process_external_commit::Input,
-        )| async move {
-            let started = Instant::now();
-            let info = client.get_group_info(&params).await;
-            let status = match info {
-                Ok(_) => crate::measure::status_of(&client.process_external_commit(&input).await),
-                Err(error) => format!(
-                    "getGroupInfo {}",
-                    crate::measure::status_of::<(), _>(&Err(error))
-                ),
-            };
-            Sample {
-                latency: started.elapsed(),
-                status,
-            }
-        };
-        let (samples, wall, cpu) = if concurrency == 1 {
-            bench
-                .measured(closed_loop(vec![jobs], move |jobs| {
-                    tokio::spawn(async move {
-                        let mut samples = Vec::new();
-                        for job in jobs {
-                            samples.push(rejoin_one(job).await);
-                        }
-                        samples
-                    })
-                }))
-                .await
-        } else {
-            bench
-                .measured(closed_loop(jobs, move |job| {
-                    tokio::spawn(async move { vec![rejoin_one(job).await] })
-                }))
-                .await
-        };
-        let accepted = samples.iter().filter(|s| s.status == "200").count();
-        let mut check = LogCheck::default();
-        for (user, convo) in &convos {
-            check.add(LogCheck::of(
-                &read_log(&user.client(bench.url()), convo).await?,
-            ));
-        }
-        let name = if concurrency == 1 {
-            format!("rejoin x{count}, one at a time")
-        } else {
-            format!("rejoin x{count}, all at once")
-        };
-        rows.push(
-            Row::from_samples(name, concurrency, &samples, wall, cpu)
-                .with_check(format!("{check}, {accepted} accepted")),
-        );
+    let one_at_a_time = rejoin_jobs(bench, &convos, 0).await?;
+    let (samples, wall, cpu) = bench
+        .measured(closed_loop(vec![one_at_a_time], move |jobs| {
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                for job in jobs {
+                    samples.push(rejoin_one(job).await);
+                }
+                samples
+            })
+        }))
+        .await;
+    let mut rows = vec![
+        rejoin_row(
+            bench,
+            &convos,
+            format!("rejoin x{count}, one at a time"),
+            1,
+            (&samples, wall, cpu),
+            "",
+        )
+        .await?,
+    ];
+
+    let bursts = bench.sizes.rejoin_bursts;
+    let (mut samples, mut wall, mut splits, mut rates) =
+        (Vec::new(), Duration::ZERO, Vec::new(), Vec::new());
+    for burst in 1..=bursts {
+        let jobs = rejoin_jobs(bench, &convos, burst).await?;
+        let (burst_samples, burst_wall, split) = bench
+            .measured(closed_loop(jobs, move |job| {
+                tokio::spawn(async move { vec![rejoin_one(job).await] })
+            }))
+            .await;
+        rates.push(format!(
+            "{:.0}",
+            burst_samples.len() as f64 / burst_wall.as_secs_f64()
+        ));
+        samples.extend(burst_samples);
+        wall += burst_wall;
+        splits.push(split);
     }
+    rows.push(
+        rejoin_row(
+            bench,
+            &convos,
+            format!("rejoin x{count}, all at once, {bursts} bursts"),
+            count,
+            (&samples, wall, CpuSplit::mean(&splits)),
+            &format!("; bursts {}/s", rates.join(", ")),
+        )
+        .await?,
+    );
     Ok(rows)
+}
+
+/// One rejoin's requests, made ready outside the measurement: the
+/// external commit of a new device (`#r<round>`) against the current
+/// GroupInfo, and its tokens minted.
+type RejoinJob = (
+    Client,
+    get_group_info::Params,
+    process_external_commit::Input,
+);
+
+async fn rejoin_jobs(
+    bench: &Bench<'_>,
+    convos: &[(User, String)],
+    round: usize,
+) -> Result<Vec<RejoinJob>, BenchError> {
+    let mut jobs = Vec::with_capacity(convos.len());
+    for (user, convo) in convos {
+        let client = user.client(bench.url());
+        let params = get_group_info::Params {
+            convo_id: convo.clone(),
+        };
+        let current = client
+            .get_group_info(&params)
+            .await
+            .map_err(DeviceError::from)?;
+        let installation = Installation::new(&format!("{}#r{round}", user.did().as_str()), SUITE)?;
+        let (group, bundle) = installation.join_externally(&current.group_info.0)?;
+        let group_info = installation.group_info(&group, true)?;
+        let input = process_external_commit::Input {
+            extra: Default::default(),
+            convo_id: convo.clone(),
+            external_commit: to_bytes(bundle.commit())?,
+            group_info: to_bytes(&group_info)?,
+            idempotency_key: None,
+        };
+        user.premint(get_group_info::NSID, 1);
+        user.premint(process_external_commit::NSID, 1);
+        jobs.push((user.client(bench.url()), params, input));
+    }
+    Ok(jobs)
+}
+
+async fn rejoin_one((client, params, input): RejoinJob) -> Sample {
+    let started = Instant::now();
+    let info = client.get_group_info(&params).await;
+    let status = match info {
+        Ok(_) => crate::measure::status_of(&client.process_external_commit(&input).await),
+        Err(error) => format!(
+            "getGroupInfo {}",
+            crate::measure::status_of::<(), _>(&Err(error))
+        ),
+    };
+    Sample {
+        latency: started.elapsed(),
+        status,
+    }
+}
+
+/// A rejoin row, with every conversation's log read back.
+async fn rejoin_row(
+    bench: &Bench<'_>,
+    convos: &[(User, String)],
+    name: String,
+    concurrency: usize,
+    (samples, wall, cpu): (&[Sample], Duration, CpuSplit),
+    notes: &str,
+) -> Result<Row, BenchError> {
+    let accepted = samples.iter().filter(|s| s.status == "200").count();
+    let mut check = LogCheck::default();
+    for (user, convo) in convos {
+        check.add(LogCheck::of(
+            &read_log(&user.client(bench.url()), convo).await?,
+        ));
+    }
+    Ok(Row::from_samples(name, concurrency, samples, wall, cpu)
+        .with_check(format!("{check}, {accepted} accepted{notes}")))
 }
 
 // ---- KeyPackages ------------------------------------------------------------

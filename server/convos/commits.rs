@@ -56,9 +56,9 @@ impl CommitMethod<'_> {
         match self {
             Self::RemoveMember { ban: true, .. } => store::LeftReason::Banned,
             Self::GroupChange => store::LeftReason::Left,
-            Self::RemoveMember { ban: false, .. }
-            | Self::AddMembers { .. }
-            | Self::External => store::LeftReason::Removed,
+            Self::RemoveMember { ban: false, .. } | Self::AddMembers { .. } | Self::External => {
+                store::LeftReason::Removed
+            }
         }
     }
 }
@@ -140,18 +140,15 @@ pub async fn commit(
         sender: Some(caller.as_str()),
         proposed_removal: None,
     };
-    let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
-    let version = store::advance(
+    let recorded = store::record_handshake(
         &mut tx,
         group_id,
-        convo.epoch,
-        new_epoch,
-        seq,
+        &entry,
+        Some((new_epoch, group_info)),
         &outcome.state,
-        group_info,
     )
     .await?
-    .ok_or_else(|| ServiceError::Internal("the epoch moved under the conversation lock".into()))?;
+    .ok_or_else(moved_under_lock)?;
     store::sync_members(
         &mut tx,
         group_id,
@@ -163,13 +160,17 @@ pub async fn commit(
     .await?;
     apply_side_effects(&mut tx, group_id, &method, &outcome, new_epoch, seq).await?;
     tx.commit().await?;
-    groups.put(group_id, version, group);
+    groups.put(group_id, recorded.version, group);
     Ok(Accepted {
         epoch: new_epoch,
         seq,
-        accepted_at,
+        accepted_at: recorded.accepted_at,
         resubmitted: false,
     })
+}
+
+fn moved_under_lock() -> ServiceError {
+    ServiceError::Internal("the epoch moved under the conversation lock".into())
 }
 
 /// The locked conversation's group, parsed: from `groups` if it holds the
@@ -476,14 +477,15 @@ pub async fn propose_leave(
         sender: Some(caller.as_str()),
         proposed_removal: Some(outcome.removed_leaf as i32),
     };
-    let accepted_at = store::log::append(&mut tx, group_id, &entry).await?;
-    let version = store::record_proposal(&mut tx, group_id, seq, &outcome.state).await?;
+    let recorded = store::record_handshake(&mut tx, group_id, &entry, None, &outcome.state)
+        .await?
+        .ok_or_else(moved_under_lock)?;
     tx.commit().await?;
-    groups.put(group_id, version, group);
+    groups.put(group_id, recorded.version, group);
     Ok(Accepted {
         epoch: convo.epoch,
         seq,
-        accepted_at,
+        accepted_at: recorded.accepted_at,
         resubmitted: false,
     })
 }

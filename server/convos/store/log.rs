@@ -49,30 +49,6 @@ pub struct NewEntry<'a> {
     pub proposed_removal: Option<i32>,
 }
 
-/// Appends an entry; returns when it was accepted.
-pub async fn append(
-    tx: &mut PgConnection,
-    group_id: &[u8],
-    entry: &NewEntry<'_>,
-) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "INSERT INTO convo_messages (convo_id, seq, id, epoch, kind, payload, payload_hash, \
-                                     sender, proposed_removal) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at",
-        group_id,
-        entry.seq,
-        entry.id,
-        entry.epoch,
-        entry.kind as EntryKind,
-        entry.payload,
-        entry.payload_hash,
-        entry.sender,
-        entry.proposed_removal,
-    )
-    .fetch_one(tx)
-    .await
-}
-
 /// What [`append_application`] found: the entry it appended, or the facts
 /// that say why it did not.
 pub struct Appended {

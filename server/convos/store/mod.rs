@@ -207,74 +207,66 @@ pub async fn creation(
     Ok(row.map(|r| (r.creator, r.created_with)))
 }
 
-/// Moves a locked conversation to its next epoch after an accepted commit;
-/// returns the new state version, or `None` if the epoch was not `old` (a
-/// second guard besides the lock).
-pub async fn advance(
-    tx: &mut PgConnection,
-    group_id: &[u8],
-    old_epoch: i64,
-    new_epoch: i64,
-    seq: i64,
-    state: &StateWrite,
-    group_info: &[u8],
-) -> Result<Option<i64>, sqlx::Error> {
-    let (indexes, nodes) = node_columns(&state.nodes);
-    // The row and the node rows in one statement (blanked and changed
-    // nodes never share an index); the caller rolls the transaction back
-    // when the epoch did not match.
-    sqlx::query_scalar!(
-        "WITH blanked AS ( \
-           DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($7)), \
-         written AS ( \
-           INSERT INTO group_state_nodes (convo_id, node_index, node) \
-           SELECT $1, i, n FROM unnest($8::int[], $9::bytea[]) AS t(i, n) \
-           ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node) \
-         UPDATE convos SET epoch = $3, last_seq = $4, group_info = $5, state = $6, \
-                state_version = nextval('group_state_versions'), last_message_at = now() \
-         WHERE group_id = $1 AND epoch = $2 RETURNING state_version",
-        group_id,
-        old_epoch,
-        new_epoch,
-        seq,
-        group_info,
-        &state.head,
-        &state.blanked,
-        &indexes,
-        &nodes,
-    )
-    .fetch_optional(&mut *tx)
-    .await
+/// What [`record_handshake`] wrote.
+pub struct Recorded {
+    /// The new state version.
+    pub version: i64,
+    /// When the log entry was accepted.
+    pub accepted_at: DateTime<Utc>,
 }
 
-/// Records a queued proposal: the log counter and the state move, the
-/// epoch does not. Returns the new state version.
-pub async fn record_proposal(
+/// An accepted commit or queued proposal of a locked conversation, in one
+/// statement: its log entry, the group state's changed node rows (blanked
+/// and changed nodes never share an index) and the row: the counter, the
+/// state head, and for a commit (`next`: the new epoch and GroupInfo) the
+/// epoch. `None` if the conversation was not at the entry's epoch, a
+/// second guard besides the lock; the caller then rolls back.
+pub async fn record_handshake(
     tx: &mut PgConnection,
     group_id: &[u8],
-    seq: i64,
+    entry: &log::NewEntry<'_>,
+    next: Option<(i64, &[u8])>,
     state: &StateWrite,
-) -> Result<i64, sqlx::Error> {
+) -> Result<Option<Recorded>, sqlx::Error> {
     let (indexes, nodes) = node_columns(&state.nodes);
-    sqlx::query_scalar!(
-        "WITH blanked AS ( \
-           DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($4)), \
-         written AS ( \
-           INSERT INTO group_state_nodes (convo_id, node_index, node) \
-           SELECT $1, i, n FROM unnest($5::int[], $6::bytea[]) AS t(i, n) \
-           ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node) \
-         UPDATE convos SET last_seq = $2, state = $3, \
-                state_version = nextval('group_state_versions'), last_message_at = now() \
-         WHERE group_id = $1 RETURNING state_version",
+    let row = sqlx::query!(
+        r#"WITH entry AS (
+             INSERT INTO convo_messages (convo_id, seq, id, epoch, kind, payload, payload_hash,
+                                         sender, proposed_removal)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING created_at),
+           blanked AS (
+             DELETE FROM group_state_nodes WHERE convo_id = $1 AND node_index = ANY($12)),
+           written AS (
+             INSERT INTO group_state_nodes (convo_id, node_index, node)
+             SELECT $1, i, n FROM unnest($13::int[], $14::bytea[]) AS t(i, n)
+             ON CONFLICT (convo_id, node_index) DO UPDATE SET node = EXCLUDED.node)
+           UPDATE convos SET epoch = COALESCE($10, epoch), group_info = COALESCE($11, group_info),
+                  last_seq = $2, state = $15, state_version = nextval('group_state_versions'),
+                  last_message_at = now()
+           WHERE group_id = $1 AND epoch = $4
+           RETURNING state_version, (SELECT created_at FROM entry) AS "accepted_at!""#,
         group_id,
-        seq,
-        &state.head,
+        entry.seq,
+        entry.id,
+        entry.epoch,
+        entry.kind as log::EntryKind,
+        entry.payload,
+        entry.payload_hash,
+        entry.sender,
+        entry.proposed_removal,
+        next.map(|(epoch, _)| epoch),
+        next.map(|(_, group_info)| group_info),
         &state.blanked,
         &indexes,
         &nodes,
+        &state.head,
     )
-    .fetch_one(&mut *tx)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(row.map(|row| Recorded {
+        version: row.state_version,
+        accepted_at: row.accepted_at,
+    }))
 }
 
 /// Takes the next seq for an application message of `epoch`, or `None` when
