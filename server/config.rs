@@ -188,8 +188,11 @@ pub struct ServeConfig {
     /// PostgreSQL connection URL, `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
-    /// Maximum connections in the database pool.
-    #[arg(long, env = "CATBIRD_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    /// Maximum connections in the database pool. More connections than
+    /// the database server has cores to run them only add switching
+    /// between its processes (on 2 cores, 20 instead of 10 cost sendMessage
+    /// and rejoins 10-20% of their throughput; docs/BENCHMARKS.md).
+    #[arg(long, env = "CATBIRD_DB_MAX_CONNECTIONS", default_value_t = 10)]
     pub db_max_connections: u32,
     /// Database connections kept open while the service is quiet, so that
     /// a burst after a quiet spell does not wait for new connections
