@@ -1,7 +1,8 @@
 //! Every commit, and leaveConvo's proposal. One transaction each, with the
-//! conversation row locked: resubmission check, access policy, MLS
-//! validation and merge (the engine), the method's own rules, then the log
-//! entry, the epoch, members, KeyPackages and Welcomes together.
+//! conversation row locked: access policy, MLS validation and merge (the
+//! engine; a refused commit may be a resubmission of an accepted one, which
+//! gets its original result), the method's own rules, then the log entry,
+//! the epoch, members, KeyPackages and Welcomes together.
 
 use std::collections::BTreeSet;
 
