@@ -15,7 +15,7 @@ use catbird_generated::lexicons::blue::catbird::mls::{
 };
 use catbird_generated::runtime::xrpc::futures_util::{StreamExt as _, future};
 use catbird_mls_client::mls::lexicon_suite;
-use catbird_mls_client::{Device, DeviceError, Installation, SUITE, to_bytes};
+use catbird_mls_client::{Device, DeviceError, Installation, SUITE};
 
 use crate::env::{Database, rss_bytes};
 use crate::error::BenchError;
@@ -519,23 +519,12 @@ async fn rejoin_jobs(
 ) -> Result<Vec<RejoinJob>, BenchError> {
     let mut jobs = Vec::with_capacity(convos.len());
     for (user, convo) in convos {
-        let client = user.client(bench.url());
+        let installation = Installation::new(&format!("{}#r{round}", user.did().as_str()), SUITE)?;
+        let (_, input) =
+            catbird_mls_client::external_commit(&user.client(bench.url()), &installation, convo)
+                .await?;
         let params = get_group_info::Params {
             convo_id: convo.clone(),
-        };
-        let current = client
-            .get_group_info(&params)
-            .await
-            .map_err(DeviceError::from)?;
-        let installation = Installation::new(&format!("{}#r{round}", user.did().as_str()), SUITE)?;
-        let (group, bundle) = installation.join_externally(&current.group_info.0)?;
-        let group_info = installation.group_info(&group, true)?;
-        let input = process_external_commit::Input {
-            extra: Default::default(),
-            convo_id: convo.clone(),
-            external_commit: to_bytes(bundle.commit())?,
-            group_info: to_bytes(&group_info)?,
-            idempotency_key: None,
         };
         user.premint(get_group_info::NSID, 1);
         user.premint(process_external_commit::NSID, 1);

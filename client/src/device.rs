@@ -366,21 +366,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> Device<S> {
         &self,
         convo: &str,
     ) -> Result<(MlsGroup, process_external_commit::Input), DeviceError> {
-        let params = get_group_info::Params {
-            convo_id: convo.to_owned(),
-        };
-        let current = self.client.get_group_info(&params).await?;
-        let (group, bundle) = self.mls.join_externally(&current.group_info.0)?;
-        // The group is merged, so its GroupInfo is the new epoch's.
-        let new_group_info = self.mls.group_info(&group, true)?;
-        let input = process_external_commit::Input {
-            extra: Default::default(),
-            convo_id: convo.to_owned(),
-            external_commit: to_bytes(bundle.commit())?,
-            group_info: to_bytes(&new_group_info)?,
-            idempotency_key: None,
-        };
-        Ok((group, input))
+        external_commit(&self.client, &self.mls, convo).await
     }
 
     // ---- messages --------------------------------------------------------------
@@ -857,4 +843,30 @@ fn truncate(text: &str) -> String {
 
 fn list<'a>(items: impl Iterator<Item = &'a str>) -> String {
     items.collect::<Vec<_>>().join(", ")
+}
+
+/// processExternalCommit's input for `mls` joining `convo` from the
+/// GroupInfo `client` reads now, and the group it makes (already in the
+/// new epoch). Nothing is sent: a caller may submit it later (the
+/// benchmark harness prepares many before it measures).
+pub async fn external_commit<S: StorageProvider<CURRENT_VERSION>>(
+    client: &Client,
+    mls: &Installation<S>,
+    convo: &str,
+) -> Result<(MlsGroup, process_external_commit::Input), DeviceError> {
+    let params = get_group_info::Params {
+        convo_id: convo.to_owned(),
+    };
+    let current = client.get_group_info(&params).await?;
+    let (group, bundle) = mls.join_externally(&current.group_info.0)?;
+    // The group is merged, so its GroupInfo is the new epoch's.
+    let new_group_info = mls.group_info(&group, true)?;
+    let input = process_external_commit::Input {
+        extra: Default::default(),
+        convo_id: convo.to_owned(),
+        external_commit: to_bytes(bundle.commit())?,
+        group_info: to_bytes(&new_group_info)?,
+        idempotency_key: None,
+    };
+    Ok((group, input))
 }

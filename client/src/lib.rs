@@ -36,7 +36,7 @@ pub mod realtime;
 pub mod story;
 
 pub use access::{Access, PROXY_HEADER, PdsMode, Service, StreamAccess};
-pub use device::{Change, Device, LocalMember, Received};
+pub use device::{Change, Device, LocalMember, Received, external_commit};
 pub use error::DeviceError;
 pub use identity::{
     LocalIdentity, LocalIdentityError, create_identity, load_identity, mint_token, service_client,
